@@ -1,0 +1,88 @@
+"""Sparse weight formats and their Linear replacements.
+
+`convert(model, names, "csr")` swaps pruned projections for sparse modules in place, releasing their dense
+weights; `Conversion.revert()` puts the dense modules back with identical weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import PrunescopeError
+from ..layers import Conv1D, linear_weight, set_module
+from .base import SparseLinear
+from .csr import CSRLinear, check_csr_support
+
+__all__ = [
+    "FORMATS",
+    "Conversion",
+    "CSRLinear",
+    "SparseLinear",
+    "check_format_support",
+    "convert",
+    "format_class",
+]
+
+# Formats whose module is built by `cls.from_dense(weight, bias)`; native ones register when importable.
+FORMATS: dict[str, str] = {
+    "csr": "prunescope.formats.csr:CSRLinear",
+    "bitmask": "prunescope.formats.bitmask:BitmaskLinear",
+    "csr16": "prunescope.formats.csr16:CSR16Linear",
+}
+
+
+def format_class(name: str) -> type[SparseLinear]:
+    if name not in FORMATS:
+        raise PrunescopeError(f"unknown format {name!r}; choose one of {', '.join(FORMATS)}")
+    module_name, _, attr = FORMATS[name].partition(":")
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise PrunescopeError(f"format {name!r} is not available in this installation ({error})") from None
+
+
+def check_format_support(name: str, dtype: torch.dtype, device: torch.device | str) -> None:
+    """Fail early, before any work, when a format cannot run on this device and dtype."""
+    cls = format_class(name)
+    if name == "csr":
+        check_csr_support(dtype, device)
+    elif hasattr(cls, "check_support"):
+        cls.check_support(dtype, torch.device(device))
+
+
+@dataclass
+class Conversion:
+    """Modules swapped for sparse ones; `revert()` restores the originals with their dense weights."""
+
+    model: nn.Module
+    format: str
+    originals: dict[str, nn.Module] = field(default_factory=dict)
+
+    def revert(self) -> None:
+        for name, original in self.originals.items():
+            sparse = self.model.get_submodule(name)
+            dense = sparse.to_dense()
+            # Conv1D stores (in, out): give it back its own orientation.
+            original.weight.data = dense.T.contiguous() if isinstance(original, Conv1D) else dense
+            set_module(self.model, name, original)
+        self.originals.clear()
+
+
+@torch.no_grad()
+def convert(model: nn.Module, names: list[str], format: str) -> Conversion:
+    """Replace each named projection by the `format` module built from its current (pruned) weight."""
+    cls = format_class(format)
+    conversion = Conversion(model, format)
+    for name in names:
+        module = model.get_submodule(name)
+        sparse = cls.from_dense(linear_weight(module), getattr(module, "bias", None))
+        set_module(model, name, sparse)
+        # One copy of each weight at a time: the dense storage is rebuilt from the sparse one on revert.
+        module.weight.data = torch.empty(0, dtype=module.weight.dtype, device=module.weight.device)
+        conversion.originals[name] = module
+    return conversion
