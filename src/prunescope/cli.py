@@ -24,10 +24,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _offline_by_default() -> None:
-    # Hub downloads are optional: a user who wants them sets HF_HUB_OFFLINE=0 explicitly.
+def _quiet_libraries() -> None:
+    # Our own progress bars cover long steps; transformers' per-file bars would only add noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def user_errors(fn):
@@ -35,7 +38,7 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        _offline_by_default()
+        _quiet_libraries()
         try:
             return fn(*args, **kwargs)
         except PrunescopeError as error:
@@ -55,21 +58,24 @@ DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), c
 
 def print_summary(summary, title: str) -> None:
     table = Table(title=title)
+    # (column, header, format, scale): short headers keep the table readable in 80 columns.
     columns = [
-        ("variant", "{}"),
-        ("stored_bytes", "{:,.0f}"),
-        ("sparsity", "{:.3f}"),
-        ("pruned_layer_sparsity", "{:.3f}"),
-        ("flops_per_token", "{:,.0f}"),
-        ("top1_agreement", "{:.4f}"),
-        ("top5_overlap", "{:.4f}"),
-        ("kl_mean", "{:.4g}"),
-        ("perplexity", "{:.3f}"),
+        ("variant", "variant", "{}", None),
+        ("stored_bytes", "MB", "{:.3f}", 1e-6),
+        ("sparsity", "sparsity", "{:.3f}", None),
+        ("pruned_layer_sparsity", "pruned", "{:.3f}", None),
+        ("flops_per_token", "MFLOP/tok", "{:.3f}", 1e-6),
+        ("top1_agreement", "top-1", "{:.4f}", None),
+        ("top5_overlap", "top-5", "{:.4f}", None),
+        ("kl_mean", "KL", "{:.3g}", None),
+        ("perplexity", "ppl", "{:.3f}", None),
     ]
-    for name, _ in columns:
-        table.add_column(name.replace("_", " "), justify="left" if name == "variant" else "right")
+    for name, header, _, _ in columns:
+        table.add_column(header, justify="left" if name == "variant" else "right")
     for _, row in summary.iterrows():
-        table.add_row(*[fmt.format(row[name]) for name, fmt in columns])
+        table.add_row(
+            *[fmt.format(row[name] * scale if scale else row[name]) for name, _, fmt, scale in columns]
+        )
     console.print(table)
 
 
@@ -106,6 +112,7 @@ def study(
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/study"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing results folder.")] = False,
+    latency: Annotated[bool, typer.Option(help="Also measure layer/model latency per format.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Prune a model and compare the dense, masked and sparse-format variants."""
@@ -132,10 +139,11 @@ def study(
         dtype=dtype,
         device=device,
         seed=seed,
+        latency=latency,
     )
     check_output(out, overwrite)
     with atomic_directory(out, overwrite) as tmp:
-        result = run_study(config, work_dir=tmp / "_work", progress=progress)
+        result = run_study(config, work_dir=tmp / "_work", progress=progress, results_dir=tmp)
         import shutil
 
         shutil.rmtree(tmp / "_work", ignore_errors=True)

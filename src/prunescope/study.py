@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class StudyConfig:
     dtype: str = "auto"
     device: str = "auto"
     seed: int = 0
+    latency: bool = False  # also measure layer and model latency of each format (prunescope bench)
 
     def __post_init__(self) -> None:
         self.variants = parse_list(self.variants)
@@ -161,105 +163,177 @@ def _variant_row(model, pruned: list[str], behaviour: Behaviour, name: str, cont
     return VariantResult(name, behaviour, layers, summary)
 
 
+class Workbench:
+    """One loaded model with its prunable layers, evaluation batches and dense reference (computed once).
+
+    `evaluate(spec, variants)` prunes in place, evaluates each variant, and restores the pruned layers, so any
+    number of points (a study, a sweep) share the one model copy and the one dense pass.
+    """
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        loaded: LoadedModel | None = None,
+        work_dir: str | Path | None = None,
+        progress: bool = True,
+        formats: list[str] | None = None,
+    ) -> None:
+        """`formats` (default: the config's) are checked against the device and dtype before any work."""
+        self.config, self.progress, self.timings = config, progress, {}
+        torch.manual_seed(config.seed)
+        start = time.perf_counter()
+        self.loaded = loaded or load_model(config.model, config.dtype, config.device)
+        self.timings["load"] = time.perf_counter() - start
+        self.model = self.loaded.model
+        self.seqlen = config.seqlen or min(256, self.loaded.context_length)
+        if self.seqlen > self.loaded.context_length:
+            raise PrunescopeError(
+                f"seqlen {self.seqlen} exceeds the model's context of {self.loaded.context_length} tokens"
+            )
+        self.layers = prunable_layers(self.model, config.include, config.exclude)
+        for fmt in formats if formats is not None else config.formats:
+            check_format_support(fmt, self.loaded.dtype, self.loaded.device)
+        self.last_record_bytes = 0
+        self.texts = load_texts(config.corpus, config.model)
+        self.windows = tokenize_windows(self.loaded.tokenizer, self.texts, self.seqlen, config.max_tokens)
+        self.batches = make_batches(self.windows, config.batch_size, self.loaded.tokenizer.pad_token_id)
+        self._calibration: dict[tuple[int, int], list[torch.Tensor]] = {}
+        self.work_dir = Path(work_dir) if work_dir is not None else None
+        start = time.perf_counter()
+        spill = self.work_dir / "dense_reference" if self.work_dir is not None else None
+        self.reference, self.dense_behaviour = compute_reference(
+            self.model, self.batches, spill, progress=progress
+        )
+        self.timings["dense_reference"] = time.perf_counter() - start
+
+    def calibration(self, spec: PruneSpec) -> list[torch.Tensor] | None:
+        """Calibration samples for a calibrated method, drawn once per (samples, seqlen)."""
+        if not spec.needs_calibration:
+            return None
+        key = (spec.calib_samples, spec.calib_seqlen)
+        if key not in self._calibration:
+            from .pruning.calibration import calibration_samples
+
+            self._calibration[key] = calibration_samples(
+                self.loaded.tokenizer,
+                self.config.calibration,
+                self.config.model,
+                spec.calib_samples,
+                spec.calib_seqlen,
+                seed=self.config.seed,
+            )
+        return self._calibration[key]
+
+    def dense(self) -> VariantResult:
+        return _variant_row(self.model, list(self.layers), self.dense_behaviour, "dense", self.seqlen)
+
+    def evaluate(
+        self, spec: PruneSpec, variants: list[str], while_pruned: Callable[[PruneRecord], None] | None = None
+    ) -> tuple[dict[str, VariantResult], dict[str, float]]:
+        """Prune by `spec`, evaluate the non-dense `variants`, restore. Returns results and timings.
+
+        `while_pruned(record)` runs after the variants, while the model is still pruned in place.
+        """
+        pruned = list(self.layers)
+        results: dict[str, VariantResult] = {}
+        timings: dict[str, float] = {}
+        record: PruneRecord | None = None
+        try:
+            record = prune(self.model, self.layers, spec, self.calibration(spec), progress=self.progress)
+            timings["prune"] = record.seconds
+            self.last_record_bytes = record.nbytes
+            for variant in variants:
+                start = time.perf_counter()
+                if variant == "masked":
+                    behaviour = compare(self.model, self.batches, self.reference, "masked", self.progress)
+                    results[variant] = _variant_row(self.model, pruned, behaviour, variant, self.seqlen)
+                else:
+                    conversion = convert(self.model, pruned, variant)
+                    try:
+                        behaviour = compare(self.model, self.batches, self.reference, variant, self.progress)
+                        results[variant] = _variant_row(self.model, pruned, behaviour, variant, self.seqlen)
+                    finally:
+                        conversion.revert()
+                timings[f"variant_{variant}"] = time.perf_counter() - start
+            if while_pruned is not None:
+                while_pruned(record)
+        finally:
+            if record is not None:
+                restore(self.model, record)
+        return results, timings
+
+    def run_info(self) -> dict:
+        """Model, evaluation set, device, threads and versions: what every results folder records."""
+        model = self.model
+        return {
+            "model": {
+                "name": self.loaded.name,
+                "source": self.loaded.source,
+                "class": type(model).__name__,
+                "model_type": getattr(model.config, "model_type", None),
+                "context_length": self.loaded.context_length,
+            },
+            "evaluation": {
+                "seqlen": self.seqlen,
+                "documents": len(self.texts),
+                "windows": len(self.windows),
+                "tokens": sum(len(w) for w in self.windows),
+                "batches": len(self.batches),
+            },
+            "prunable_layers": len(self.layers),
+            "device": str(self.loaded.device),
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
+            "versions": versions(),
+        }
+
+
 def run_study(
     config: StudyConfig,
     loaded: LoadedModel | None = None,
     work_dir: str | Path | None = None,
     progress: bool = True,
+    results_dir: str | Path | None = None,
 ) -> StudyResult:
     """Run the study; `loaded` reuses an already-loaded model (left dense on return).
 
     `work_dir` receives the spilled dense reference (deleted by the caller); None keeps it in memory.
+    `results_dir` receives the latency plots when `config.latency` is set.
     """
-    timings: dict[str, float] = {}
-    torch.manual_seed(config.seed)
-    start = time.perf_counter()
-    if loaded is None:
-        loaded = load_model(config.model, config.dtype, config.device)
-    timings["load"] = time.perf_counter() - start
-    model = loaded.model
-    seqlen = config.seqlen or min(256, loaded.context_length)
-    if seqlen > loaded.context_length:
-        raise PrunescopeError(
-            f"seqlen {seqlen} exceeds the model's context of {loaded.context_length} tokens"
-        )
-    spec = config.prune_spec(seqlen)
-    layers = prunable_layers(model, config.include, config.exclude)
-    for fmt in config.formats:
-        check_format_support(fmt, loaded.dtype, loaded.device)
-
-    texts = load_texts(config.corpus, config.model)
-    windows = tokenize_windows(loaded.tokenizer, texts, seqlen, config.max_tokens)
-    batches = make_batches(windows, config.batch_size, loaded.tokenizer.pad_token_id)
-    calibration = None
-    if spec.needs_calibration:
-        from .pruning.calibration import calibration_samples
-
-        calibration = calibration_samples(
-            loaded.tokenizer,
-            config.calibration,
-            config.model,
-            spec.calib_samples,
-            spec.calib_seqlen,
-            config.seed,
-        )
-
-    t = time.perf_counter()
-    spill = Path(work_dir) / "dense_reference" if work_dir is not None else None
-    reference, dense_behaviour = compute_reference(model, batches, spill, progress=progress)
-    timings["dense_reference"] = time.perf_counter() - t
-
-    pruned = list(layers)
+    config.prune_spec(256)  # fail on a bad request before loading anything
+    bench = Workbench(config, loaded, work_dir, progress)
+    spec = config.prune_spec(bench.seqlen)
     results: dict[str, VariantResult] = {}
     if "dense" in config.variants:
-        results["dense"] = _variant_row(model, pruned, dense_behaviour, "dense", seqlen)
+        results["dense"] = bench.dense()
+    latency: dict = {}
 
-    record: PruneRecord | None = None
-    try:
-        record = prune(model, layers, spec, calibration, progress=progress)
-        timings["prune"] = record.seconds
-        for variant in config.variants:
-            if variant == "dense":
-                continue
-            t = time.perf_counter()
-            if variant == "masked":
-                behaviour = compare(model, batches, reference, "masked", progress)
-                results[variant] = _variant_row(model, pruned, behaviour, variant, seqlen)
-            else:
-                conversion = convert(model, pruned, variant)
-                try:
-                    behaviour = compare(model, batches, reference, variant, progress)
-                    results[variant] = _variant_row(model, pruned, behaviour, variant, seqlen)
-                finally:
-                    conversion.revert()
-            timings[f"variant_{variant}"] = time.perf_counter() - t
-    finally:
-        if record is not None:
-            restore(model, record)
+    def measure_latency(record: PruneRecord) -> None:
+        from .latency import latency_section
 
+        start = time.perf_counter()
+        latency.update(
+            latency_section(
+                bench.model,
+                record=record,
+                pruned=list(bench.layers),
+                formats=config.variants,
+                plot_dir=results_dir,
+            )
+        )
+        latency["seconds"] = time.perf_counter() - start
+
+    evaluated, timings = bench.evaluate(
+        spec, [v for v in config.variants if v != "dense"], measure_latency if config.latency else None
+    )
+    results.update(evaluated)
     run = {
         "config": asdict(config),
         "prune_spec": spec.describe(),
-        "model": {
-            "name": loaded.name,
-            "source": loaded.source,
-            "class": type(model).__name__,
-            "model_type": getattr(model.config, "model_type", None),
-            "context_length": loaded.context_length,
-        },
-        "evaluation": {
-            "seqlen": seqlen,
-            "documents": len(texts),
-            "windows": len(windows),
-            "tokens": sum(len(w) for w in windows),
-            "batches": len(batches),
-        },
-        "device": str(loaded.device),
-        "dtype": str(loaded.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(),
-        "versions": versions(),
-        "timings_s": timings,
-        "restore_record_bytes": record.nbytes if record is not None else 0,
+        **bench.run_info(),
+        "timings_s": {**bench.timings, **timings},
+        "restore_record_bytes": bench.last_record_bytes,
         "peak_rss_bytes": peak_rss_bytes(),
+        **({"latency": latency} if latency else {}),
     }
-    return StudyResult(config, spec, pruned, results, run)
+    return StudyResult(config, spec, list(bench.layers), results, run)

@@ -20,8 +20,9 @@ _CHUNK = 1 << 22
 
 
 def float_keys(scores: torch.Tensor) -> torch.Tensor:
-    """Map float32 scores to int64 keys in [0, 2^32) with the same order (total order, -0.0 < +0.0)."""
-    bits = scores.detach().to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+    """Map float32 scores to int64 keys in [0, 2^32) with the same order (-0.0 and +0.0 are equal)."""
+    # Adding +0.0 turns -0.0 into +0.0, so equal values get equal keys, as in a sort.
+    bits = (scores.detach().to(torch.float32) + 0.0).contiguous().view(torch.int32).to(torch.int64)
     # Negative floats sort in reverse bit order: flip their magnitude bits; then shift to unsigned.
     bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
     return bits + (1 << 31)

@@ -1,0 +1,44 @@
+"""`make bench`: run every benchmark script, each writing its JSON into the output folder.
+
+Benchmarks measure; they never assert speed in tests. Each script runs in its own process so one
+benchmark's memory and threads cannot disturb the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SCRIPTS = ["bench_study", "bench_kernels", "bench_latency", "bench_methods", "bench_sweep", "bench_large"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--only", nargs="*", default=None, help="Subset of: " + ", ".join(SCRIPTS))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for name in args.only or SCRIPTS:
+        script = HERE / f"{name}.py"
+        if not script.exists():
+            print(f"== {name}: missing, skipped")
+            continue
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        code = subprocess.call(
+            [sys.executable, str(script), "--out", str(args.out / f"{name}.json")], cwd=HERE.parent
+        )
+        print(f"== {name}: exit {code} after {time.perf_counter() - start:.0f} s", flush=True)
+        if code:
+            failed.append(name)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""`prunescope bench`: measured latency of each format next to the FLOP- and byte-ratio predictions."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from ..cli import DeviceOpt, DtypeOpt, ModelOpt, app, console, err_console, user_errors
+from ..errors import PrunescopeError
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PrunescopeError(f"{what} must be a comma list of integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise PrunescopeError(f"{what} must list integers >= 1, got {text!r}")
+    return values
+
+
+def parse_grid(text: str) -> list[tuple[int, int]]:
+    """'1x128,4x128' -> [(1, 128), (4, 128)] (batch x sequence length)."""
+    grid = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        match = re.fullmatch(r"(\d+)[xX*](\d+)", item)
+        if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+            raise PrunescopeError(f"prefill grid entries are BATCHxSEQLEN such as 4x128, got {item!r}")
+        grid.append((int(match.group(1)), int(match.group(2))))
+    return grid
+
+
+def _cell(value, fmt: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return fmt.format(value)
+
+
+def _short_status(status: str) -> str:
+    return status.split(":", 1)[0]
+
+
+def _print_table(frame: pd.DataFrame, title: str, columns: list[tuple[str, str, str]]) -> None:
+    """One line per row; the reasons of rows that did not run are listed once below the table."""
+    table = Table(title=title)
+    for key, header, _ in columns:
+        table.add_column(
+            header, justify="left" if key in ("format", "kind", "status") else "right", no_wrap=True
+        )
+    for _, row in frame.iterrows():
+        ok = row["status"] == "ok"
+        cells = []
+        for key, _, fmt in columns:
+            if key == "status":
+                cells.append("ok" if ok else f"[yellow]{_short_status(row['status'])}[/]")
+            else:
+                cells.append(_cell(row[key], fmt) if ok or key in _KEYS else "-")
+        table.add_row(*cells)
+    console.print(table)
+    reasons = dict.fromkeys(f"{r.format}: {r.status}" for r in frame.itertuples() if r.status != "ok")
+    for reason in reasons:
+        console.print(f"  [yellow]{reason}[/]", highlight=False, soft_wrap=True)
+
+
+# Identify a row; shown even when the variant did not run.
+_KEYS = {"shape", "n", "format", "kind", "batch", "seqlen", "flop_theory", "byte_theory"}
+_LAYER_TABLE = [
+    ("shape", "shape", "{}"),
+    ("n", "n", "{}"),
+    ("format", "format", "{}"),
+    ("median_s", "median ms", "{:.4g}"),
+    ("min_s", "min ms", "{:.4g}"),
+    ("max_s", "max ms", "{:.4g}"),
+    ("speedup", "speedup", "{:.2f}x"),
+    ("flop_theory", "FLOP theory", "{:.2f}x"),
+    ("byte_theory", "byte theory", "{:.2f}x"),
+    ("measured_over_flop", "meas/FLOP", "{:.2f}"),
+    ("measured_over_bytes", "meas/byte", "{:.2f}"),
+    ("status", "status", "{}"),
+]
+_MODEL_TABLE = [
+    ("kind", "kind", "{}"),
+    ("batch", "batch", "{}"),
+    ("seqlen", "seq/tokens", "{}"),
+    ("format", "format", "{}"),
+    ("median_s", "median ms", "{:.4g}"),
+    ("tokens_per_s", "tokens/s", "{:,.1f}"),
+    ("speedup", "speedup", "{:.2f}x"),
+    ("flop_theory", "FLOP theory", "{:.2f}x"),
+    ("byte_theory", "byte theory", "{:.2f}x"),
+    ("measured_over_bytes", "meas/byte", "{:.2f}"),
+    ("status", "status", "{}"),
+]
+
+
+def print_latency(result) -> None:
+    from ..latency.report import environment_line, frames
+
+    layers, model = frames(result)
+    if not layers.empty:
+        shown = layers.assign(
+            median_s=layers.median_s * 1e3, min_s=layers.min_s * 1e3, max_s=layers.max_s * 1e3
+        )
+        _print_table(shown, "layer latency (speedup vs dense F.linear)", _LAYER_TABLE)
+    if not model.empty:
+        _print_table(
+            model.assign(median_s=model.median_s * 1e3), "model latency (speedup vs dense)", _MODEL_TABLE
+        )
+    console.print(environment_line(result.environment), highlight=False)
+
+
+@app.command()
+@user_errors
+def bench(
+    model: ModelOpt = "demo",
+    sparsity: Annotated[
+        float | None, typer.Option(help="Fraction of prunable weights set to zero (default 0.5, or N:M's).")
+    ] = None,
+    method: Annotated[str, typer.Option(help="magnitude, random, wanda or sparsegpt.")] = "magnitude",
+    pattern: Annotated[str, typer.Option(help="unstructured or N:M, e.g. 2:4.")] = "unstructured",
+    formats: Annotated[
+        str, typer.Option(help="Comma list: dense, masked, csr, bsr, bitmask, csr16, semi-structured.")
+    ] = "dense,masked,csr,bsr",
+    tokens: Annotated[
+        str, typer.Option(help="Layer-level token counts n (decode to prefill).")
+    ] = "1,8,64,512",
+    block_size: Annotated[int, typer.Option(help="BSR block size.")] = 16,
+    prefill_grid: Annotated[
+        str, typer.Option(help="Model prefill shapes, BATCHxSEQLEN list.")
+    ] = "1x128,4x128",
+    decode_batches: Annotated[str, typer.Option(help="Batch sizes of KV-cache decoding.")] = "1,8",
+    decode_tokens: Annotated[int, typer.Option(help="Tokens generated per decode measurement.")] = 16,
+    min_time: Annotated[float, typer.Option(help="Seconds of samples per measurement (at least).")] = 0.2,
+    layers_only: Annotated[bool, typer.Option(help="Skip the model-level prefill/decode runs.")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/bench"),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing results folder.")] = False,
+) -> None:
+    """Time the sparse forward of every pruned layer shape and of the whole model against dense."""
+    from ..latency import LatencyConfig, TimingPolicy, parse_formats, prune_copy, run_latency, write_latency
+    from ..layers import prunable_layers
+    from ..models import load_model
+    from ..output import atomic_directory, check_output
+    from ..pruning import PruneSpec
+
+    if min_time <= 0:
+        raise PrunescopeError("--min-time must be > 0")
+    if threads is not None:
+        if threads < 1:
+            raise PrunescopeError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(threads)
+    config = LatencyConfig(
+        formats=parse_formats(formats),
+        tokens=parse_ints(tokens, "--tokens"),
+        block_size=block_size,
+        prefill_grid=parse_grid(prefill_grid),
+        decode_batches=parse_ints(decode_batches, "--decode-batches"),
+        decode_tokens=decode_tokens,
+        policy=TimingPolicy(min_time=min_time, max_time=max(3.0, 15 * min_time)),
+        model_level=not layers_only,
+        seed=seed,
+    )
+    if sparsity is None and pattern.strip().lower() in ("", "unstructured"):
+        sparsity = 0.5
+    spec = PruneSpec.create(method, sparsity, pattern, seed=seed)
+    check_output(out, overwrite)
+    loaded = load_model(model, dtype, device)
+    names = list(prunable_layers(loaded.model))
+    calibration = None
+    if spec.needs_calibration:
+        from ..pruning.calibration import calibration_samples
+
+        seqlen = min(spec.calib_seqlen, loaded.context_length)
+        calibration = calibration_samples(loaded.tokenizer, None, model, spec.calib_samples, seqlen, seed)
+    err_console.print(
+        f"pruning a copy: {spec.method} {spec.sparsity:g} ({spec.pattern}), {len(names)} layers"
+    )
+    pruned = prune_copy(loaded.model, names, spec, calibration)
+    info = {
+        "title": f"{model} {spec.method} {spec.sparsity:g} ({spec.pattern})",
+        "prune_spec": spec.describe(),
+    }
+    result = run_latency(
+        loaded.model, pruned, names, config, on_step=lambda s: err_console.print(f"timing {s}"), info=info
+    )
+    with atomic_directory(out, overwrite) as tmp:
+        write_latency(result, tmp)
+    print_latency(result)
+    console.print(f"results: {out}/ (layers.csv, model.csv, latency.json, report.md, plots)")

@@ -1,0 +1,522 @@
+"""Layer-level and model-level latency of the dense, masked and sparse-format variants of a pruned model.
+
+Every comparison follows the same steps: build each variant from the same pruned weights, run it on the
+same inputs, check its output against the masked (dense-kernel, pruned-weight) reference BEFORE timing,
+then time the variants that passed in interleaved rounds (see `timing`). A variant that cannot run here
+is reported `unsupported: reason`; one whose output differs is reported `error: ...`; neither is timed.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import PrunescopeError
+from ..layers import linear_shape, linear_weight, set_module
+from ..structure import layer_table
+from .timing import Candidate, Clock, Timing, TimingPolicy, measure_interleaved
+from .variants import (
+    BASELINE,
+    LAYER_TOLERANCE,
+    MASKED,
+    MODEL_TOLERANCE,
+    Unsupported,
+    build_module,
+    check_support,
+    layer_theory,
+    relative_error,
+)
+
+OK = "ok"
+
+
+@dataclass
+class LatencyConfig:
+    """What to measure. `formats` always starts with the `dense` baseline (see `variants.parse_formats`)."""
+
+    formats: list[str] = field(default_factory=lambda: [BASELINE, MASKED, "csr"])
+    tokens: list[int] = field(default_factory=lambda: [1, 8, 64, 512])
+    block_size: int = 16
+    prefill_grid: list[tuple[int, int]] = field(default_factory=lambda: [(1, 128), (4, 128)])
+    decode_batches: list[int] = field(default_factory=lambda: [1, 8])
+    decode_tokens: int = 16
+    decode_prompt: int = 16
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    layer_level: bool = True
+    model_level: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if BASELINE not in self.formats:
+            self.formats = [BASELINE, *self.formats]
+        if any(n < 1 for n in self.tokens) or any(b < 1 or s < 1 for b, s in self.prefill_grid):
+            raise PrunescopeError("token counts, batch sizes and sequence lengths must be >= 1")
+        if any(b < 1 for b in self.decode_batches) or self.decode_tokens < 1 or self.decode_prompt < 1:
+            raise PrunescopeError("decode batches, decode tokens and the decode prompt must be >= 1")
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def default_sync(device: torch.device) -> Callable[[], None]:
+    """Wait for queued GPU work, so a sample measures the kernels and not their launch."""
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
+
+
+def _blas_info() -> str:
+    match = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
+    return match.group(1) if match else "unknown"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device, dtype: torch.dtype) -> dict:
+    """Everything a latency figure depends on besides the code: threads, BLAS, CPU/GPU, versions."""
+    env = {
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "blas": _blas_info(),
+        "mkl_available": torch.backends.mkl.is_available(),
+        "mkldnn_available": torch.backends.mkldnn.is_available(),
+        "mkldnn_enabled": bool(torch.backends.mkldnn.enabled),
+        "openmp_available": torch.backends.openmp.is_available(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        # Other processes on the machine are the main source of noise; say how busy it was.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "parallel_info": torch.__config__.parallel_info(),
+        "torch_config": torch.__config__.show(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def _timing_columns(timing: Timing | None) -> dict:
+    if timing is None:
+        return dict.fromkeys(("median_s", "min_s", "max_s", "mean_s", "stdev_s"), math.nan) | {
+            "repeats": 0,
+            "inner": 0,
+        }
+    return timing.as_dict()
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:100]
+
+
+def _ratios(row: dict, dense_median: float) -> dict:
+    """Measured speedup vs dense and how it compares with the two theoretical ratios."""
+    speedup = dense_median / row["median_s"] if row["median_s"] and row["median_s"] > 0 else math.nan
+    return {
+        "dense_median_s": dense_median,
+        "speedup": speedup,
+        "measured_over_flop": speedup / row["flop_theory"],
+        "measured_over_bytes": speedup / row["byte_theory"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- layers
+
+
+def distinct_shapes(model: nn.Module, names: list[str]) -> dict[tuple[int, int], list[str]]:
+    """(out, in) -> the pruned layers of that shape, in model order."""
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for name in names:
+        shapes.setdefault(linear_shape(model.get_submodule(name)), []).append(name)
+    return shapes
+
+
+def _build_layer_variants(
+    names: list[str], pruned: torch.Tensor, bias: torch.Tensor | None, block_size: int
+) -> dict[str, nn.Module | str | None]:
+    """Per format: its module, None for the dense-kernel variants, or the `unsupported: ...` status."""
+    built: dict[str, nn.Module | str | None] = {}
+    for name in names:
+        if name in (BASELINE, MASKED):
+            built[name] = None
+            continue
+        try:
+            built[name] = build_module(name, pruned, bias, block_size).eval()
+        except Unsupported as reason:
+            built[name] = f"unsupported: {reason}"
+        except (RuntimeError, ValueError) as error:
+            built[name] = f"error: build failed ({_first_line(error)})"
+    return built
+
+
+@torch.inference_mode()
+def bench_weight(
+    dense_weight: torch.Tensor,
+    pruned_weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    config: LatencyConfig,
+    clock: Clock = time.perf_counter,
+    sync: Callable[[], None] | None = None,
+    build: Callable[..., dict] = _build_layer_variants,
+) -> list[dict]:
+    """Rows (format x token count) for one (out, in) weight: `dense` runs F.linear on `dense_weight`,
+    the others run the pruned weight; outputs are checked against F.linear(x, pruned) in float64."""
+    device, dtype = pruned_weight.device, pruned_weight.dtype
+    sync = sync or default_sync(device)
+    out_features, in_features = pruned_weight.shape
+    built = build(config.formats, pruned_weight, bias, config.block_size)
+    tolerance = LAYER_TOLERANCE.get(dtype, 1e-2)
+    sparsity = 1.0 - int(torch.count_nonzero(pruned_weight)) / pruned_weight.numel()
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    rows = []
+    for n in config.tokens:
+        # One input per token count, shared by every format.
+        x = torch.randn(n, in_features, generator=generator, dtype=torch.float32).to(device, dtype)
+        reference = F.linear(x.double(), pruned_weight.double(), bias.double() if bias is not None else None)
+        calls = {
+            BASELINE: lambda x=x: F.linear(x, dense_weight, bias),
+            MASKED: lambda x=x: F.linear(x, pruned_weight, bias),
+        }
+        status: dict[str, str] = {}
+        errors: dict[str, float] = {}
+        candidates: dict[str, Candidate] = {}
+        for name, module in built.items():
+            if isinstance(module, str):
+                status[name] = module
+                continue
+            call = calls[name] if module is None else (lambda x=x, module=module: module(x))
+            if name != BASELINE:
+                try:
+                    errors[name] = relative_error(call(), reference)
+                except (RuntimeError, NotImplementedError) as error:
+                    status[name] = f"unsupported: forward failed ({_first_line(error)})"
+                    continue
+                if not errors[name] <= tolerance:
+                    status[name] = f"error: output differs from dense (rel err {errors[name]:.2e})"
+                    continue
+            status[name] = OK
+            candidates[name] = Candidate(call)
+        timings = measure_interleaved(candidates, config.policy, clock, sync)
+        dense_median = timings[BASELINE].median if BASELINE in timings else math.nan
+        for name, module in built.items():
+            row = {
+                "level": "layer",
+                "shape": f"{out_features}x{in_features}",
+                "out_features": out_features,
+                "in_features": in_features,
+                "n": n,
+                "format": name,
+                "status": status[name],
+                "sparsity": sparsity,
+                "max_rel_err": errors.get(name, math.nan),
+                **_timing_columns(timings.get(name)),
+                **layer_theory(
+                    module if not isinstance(module, str) else None, out_features, in_features, dtype, bias
+                ),
+            }
+            rows.append(row | _ratios(row, dense_median))
+    return rows
+
+
+def bench_layers(
+    dense_model: nn.Module,
+    pruned_model: nn.Module,
+    names: list[str],
+    config: LatencyConfig,
+    clock: Clock = time.perf_counter,
+    sync: Callable[[], None] | None = None,
+    on_shape: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """`bench_weight` on the first pruned layer of each distinct shape (they share kernels and sizes)."""
+    rows = []
+    for (out_features, in_features), members in distinct_shapes(pruned_model, names).items():
+        if on_shape is not None:
+            on_shape(f"{out_features}x{in_features}")
+        first = members[0]
+        pruned_module = pruned_model.get_submodule(first)
+        dense_weight = linear_weight(dense_model.get_submodule(first)).detach().contiguous()
+        pruned_weight = linear_weight(pruned_module).detach().contiguous()
+        bias = getattr(pruned_module, "bias", None)
+        bias = bias.detach() if bias is not None else None
+        for row in bench_weight(dense_weight, pruned_weight, bias, config, clock, sync):
+            rows.append({"layer": first, "layers_of_shape": len(members), **row})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def convert_copy(pruned_model: nn.Module, names: list[str], name: str, block_size: int) -> nn.Module:
+    """A copy of the pruned model whose `names` projections are `name` modules (`Unsupported` if not)."""
+    model = copy.deepcopy(pruned_model)
+    for layer in names:
+        module = model.get_submodule(layer)
+        sparse = build_module(name, linear_weight(module).detach(), getattr(module, "bias", None), block_size)
+        set_module(model, layer, sparse)
+    return model
+
+
+def model_theory(model: nn.Module) -> dict:
+    """Whole-model figures: stored bytes (tied weights once) and executed projection FLOPs per token."""
+    table = layer_table(model)
+    return {
+        "stored_bytes": int(table["stored_bytes"].sum()),
+        "flops_per_token": int(table["flops_per_token"].sum()),
+    }
+
+
+def _context_length(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    # transformers 5 renamed `past_key_values` to `cache`; older versions know only the former.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output) -> object:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _decode_candidate(model: nn.Module, prompt: torch.Tensor, steps: torch.Tensor) -> Candidate:
+    """Untimed: prefill the prompt into a fresh KV cache. Timed: one token per step through the cache."""
+    keyword = _cache_keyword(model)
+    state: dict = {}
+
+    def setup() -> None:
+        state["cache"] = _returned_cache(model(prompt, use_cache=True))
+
+    def run() -> None:
+        cache = state["cache"]
+        for t in range(steps.shape[1]):
+            cache = _returned_cache(model(steps[:, t : t + 1], use_cache=True, **{keyword: cache}))
+
+    return Candidate(run, setup)
+
+
+def _model_variants(
+    dense_model: nn.Module, pruned_model: nn.Module, names: list[str], config: LatencyConfig
+) -> dict[str, nn.Module | str]:
+    variants: dict[str, nn.Module | str] = {}
+    device, dtype = _device_dtype(pruned_model)
+    for name in config.formats:
+        if name == BASELINE:
+            variants[name] = dense_model
+        elif name == MASKED:
+            variants[name] = pruned_model
+        else:
+            try:
+                check_support(name, dtype, device)
+                variants[name] = convert_copy(pruned_model, names, name, config.block_size).eval()
+            except Unsupported as reason:
+                variants[name] = f"unsupported: {reason}"
+            except (RuntimeError, ValueError) as error:
+                variants[name] = f"error: build failed ({_first_line(error)})"
+    return variants
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
+
+
+def _check_model_outputs(variants: dict[str, nn.Module | str], ids: torch.Tensor, dtype) -> dict:
+    """Status and logits error of each variant against the masked model (same pruned weights)."""
+    reference_model = variants.get(MASKED)
+    status: dict[str, str] = {}
+    errors: dict[str, float] = {}
+    reference = (
+        reference_model(ids, use_cache=False).logits if isinstance(reference_model, nn.Module) else None
+    )
+    tolerance = MODEL_TOLERANCE.get(dtype, 5e-2)
+    for name, model in variants.items():
+        if isinstance(model, str):
+            status[name] = model
+            continue
+        if name in (BASELINE, MASKED) or reference is None:
+            status[name] = OK
+            continue
+        try:
+            errors[name] = relative_error(model(ids, use_cache=False).logits, reference)
+        except (RuntimeError, NotImplementedError) as error:
+            status[name] = f"unsupported: forward failed ({_first_line(error)})"
+            continue
+        ok = errors[name] <= tolerance
+        status[name] = OK if ok else f"error: logits differ from masked (rel err {errors[name]:.2e})"
+    return {"status": status, "errors": errors}
+
+
+def _model_rows(kind: str, shape: dict, tokens: int, variants, checks, timings, theories) -> list[dict]:
+    dense_median = timings[BASELINE].median if BASELINE in timings else math.nan
+    dense_theory = theories[BASELINE]
+    rows = []
+    for name in variants:
+        theory = theories.get(name)
+        row = {
+            "level": "model",
+            "kind": kind,
+            **shape,
+            "tokens": tokens,
+            "format": name,
+            "status": checks["status"][name],
+            "max_rel_err": checks["errors"].get(name, math.nan),
+            **_timing_columns(timings.get(name)),
+            "stored_bytes": theory["stored_bytes"] if theory else math.nan,
+            "flops_per_token": theory["flops_per_token"] if theory else math.nan,
+            "flop_theory": dense_theory["flops_per_token"] / theory["flops_per_token"]
+            if theory
+            else math.nan,
+            "byte_theory": dense_theory["stored_bytes"] / theory["stored_bytes"] if theory else math.nan,
+        }
+        row["tokens_per_s"] = (
+            tokens / row["median_s"] if row["median_s"] and row["median_s"] > 0 else math.nan
+        )
+        rows.append(row | _ratios(row, dense_median))
+    return rows
+
+
+@torch.inference_mode()
+def bench_model(
+    dense_model: nn.Module,
+    pruned_model: nn.Module,
+    names: list[str],
+    config: LatencyConfig,
+    clock: Clock = time.perf_counter,
+    sync: Callable[[], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Prefill latency over the (batch x seqlen) grid and KV-cache decode throughput per batch size."""
+    device, dtype = _device_dtype(pruned_model)
+    sync = sync or default_sync(device)
+    context = _context_length(pruned_model)
+    longest = max([s for _, s in config.prefill_grid] + [config.decode_prompt + config.decode_tokens])
+    if longest > context:
+        raise PrunescopeError(f"{longest} positions requested; the model's context is {context}")
+    vocab = pruned_model.get_input_embeddings().num_embeddings
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+
+    def ids(batch: int, length: int) -> torch.Tensor:
+        return torch.randint(0, vocab, (batch, length), generator=generator).to(device)
+
+    variants = _model_variants(dense_model, pruned_model, names, config)
+    theories = {n: model_theory(m) for n, m in variants.items() if isinstance(m, nn.Module)}
+    checks = _check_model_outputs(variants, ids(1, min(16, context)), dtype)
+    runnable = {n: m for n, m in variants.items() if checks["status"][n] == OK}
+    rows = []
+    for batch, seqlen in config.prefill_grid:
+        if on_step is not None:
+            on_step(f"prefill {batch}x{seqlen}")
+        tokens_in = ids(batch, seqlen)
+        candidates = {
+            n: Candidate(lambda m=m, t=tokens_in: m(t, use_cache=False)) for n, m in runnable.items()
+        }
+        timings = measure_interleaved(candidates, config.policy, clock, sync)
+        shape = {"batch": batch, "seqlen": seqlen}
+        rows += _model_rows("prefill", shape, batch * seqlen, variants, checks, timings, theories)
+    for batch in config.decode_batches:
+        if on_step is not None:
+            on_step(f"decode batch {batch}")
+        prompt, steps = ids(batch, config.decode_prompt), ids(batch, config.decode_tokens)
+        candidates = {n: _decode_candidate(m, prompt, steps) for n, m in runnable.items()}
+        timings = measure_interleaved(candidates, config.policy, clock, sync)
+        shape = {"batch": batch, "seqlen": config.decode_tokens}
+        rows += _model_rows(
+            "decode", shape, batch * config.decode_tokens, variants, checks, timings, theories
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- together
+
+
+@dataclass
+class LatencyResult:
+    layers: list[dict]
+    model: list[dict]
+    environment: dict
+    config: dict
+    info: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "environment": self.environment,
+            "config": self.config,
+            "info": self.info,
+            "layers": self.layers,
+            "model": self.model,
+        }
+
+
+def run_latency(
+    dense_model: nn.Module,
+    pruned_model: nn.Module,
+    names: list[str],
+    config: LatencyConfig,
+    clock: Clock = time.perf_counter,
+    sync: Callable[[], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+    info: dict | None = None,
+) -> LatencyResult:
+    """Layer-level then model-level benchmarks of `pruned_model` (and its formats) against `dense_model`."""
+    device, dtype = _device_dtype(pruned_model)
+    layers = (
+        bench_layers(dense_model, pruned_model, names, config, clock, sync, on_step)
+        if config.layer_level
+        else []
+    )
+    model = (
+        bench_model(dense_model, pruned_model, names, config, clock, sync, on_step)
+        if config.model_level
+        else []
+    )
+    return LatencyResult(layers, model, environment(device, dtype), config.describe(), info or {})
+
+
+def prune_copy(model: nn.Module, names: list[str], spec, calibration=None) -> nn.Module:
+    """A pruned deep copy of a dense model (the dense one stays the baseline)."""
+    from ..pruning import prune
+
+    pruned = copy.deepcopy(model)
+    prune(pruned, {n: pruned.get_submodule(n) for n in names}, spec, calibration, progress=False)
+    return pruned
+
+
+def dense_copy(pruned_model: nn.Module, record) -> nn.Module:
+    """The dense model back from a pruned one and its `PruneRecord`, as a copy (the pruned one stays)."""
+    from ..pruning import restore
+
+    dense = copy.deepcopy(pruned_model)
+    restore(dense, record)
+    return dense

@@ -1,0 +1,223 @@
+"""Sparsity sweeps: many (method, pattern, sparsity) points on one model copy, resumable point by point.
+
+The output folder is the live result: `points.jsonl` gets one line per finished (point, variant), appended
+and fsynced as soon as the point completes, so a killed sweep loses at most the point in flight. A rerun
+of the same command skips every point already on disk and never rewrites a finished line. `config.json`
+pins the configuration; another configuration in the same folder is refused unless `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import PrunescopeError
+from .formats import FORMATS
+from .output import write_json
+from .progress import make_progress
+from .pruning import Pattern
+from .study import StudyConfig, Workbench, parse_list, peak_rss_bytes
+
+POINTS_FILE = "points.jsonl"
+
+
+def parse_sparsities(text: str | list[float]) -> list[float]:
+    """'0.1:0.9:0.1' (start:stop:step, stop included) or '0.3,0.5' -> sorted unique values in [0, 1)."""
+    if isinstance(text, list):
+        values = [float(v) for v in text]
+    elif ":" in text:
+        try:
+            start, stop, step = (float(part) for part in text.split(":"))
+        except ValueError:
+            raise PrunescopeError(f"sparsity range must be start:stop:step, got {text!r}") from None
+        if step <= 0 or stop < start:
+            raise PrunescopeError(f"sparsity range {text!r} needs step > 0 and stop >= start")
+        count = math.floor((stop - start) / step + 1e-9) + 1
+        values = [round(start + i * step, 10) for i in range(count)]
+    else:
+        try:
+            values = [float(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise PrunescopeError(f"sparsity list must be numbers, got {text!r}") from None
+    bad = [v for v in values if not 0.0 <= v < 1.0]
+    if bad or not values:
+        raise PrunescopeError(f"every sparsity must be in [0, 1); got {bad or text!r}")
+    return sorted(set(values))
+
+
+@dataclass
+class SweepConfig:
+    sparsities: list[float] = field(default_factory=lambda: parse_sparsities("0.1:0.9:0.1"))
+    methods: list[str] = field(default_factory=lambda: ["magnitude"])
+    patterns: list[str] = field(default_factory=lambda: ["unstructured"])
+    variants: list[str] = field(default_factory=lambda: ["masked"])
+    thresholds: list[float] = field(default_factory=lambda: [0.9, 0.5])
+    base: StudyConfig = field(default_factory=StudyConfig)
+
+    def __post_init__(self) -> None:
+        self.sparsities = parse_sparsities(self.sparsities)
+        self.methods, self.patterns = parse_list(self.methods), parse_list(self.patterns)
+        self.variants = parse_list(self.variants)
+        bad = [v for v in self.variants if v != "masked" and v not in FORMATS]
+        if bad or not self.variants:
+            raise PrunescopeError(f"sweep variants are masked and formats ({', '.join(FORMATS)}); got {bad}")
+        if not self.methods or not self.patterns:
+            raise PrunescopeError("a sweep needs at least one method and one pattern")
+        for point in self.points():  # validates every method / pattern / sparsity combination up front
+            self.spec(point, 256)
+
+    def points(self) -> list[tuple[str, str, float]]:
+        """(method, pattern, sparsity); an N:M pattern has exactly one sparsity, 1 - N/M."""
+        points = []
+        for method in self.methods:
+            for pattern in self.patterns:
+                parsed = Pattern.parse(pattern)
+                sparsities = [parsed.sparsity] if parsed.structured else self.sparsities
+                points += [(method, str(parsed), s) for s in sparsities]
+        return points
+
+    def spec(self, point: tuple[str, str, float], seqlen: int):
+        method, pattern, sparsity = point
+        config = StudyConfig(
+            **{
+                **asdict(self.base),
+                "method": method,
+                "pattern": pattern,
+                "sparsity": sparsity,
+                "variants": ["dense"],
+            }
+        )
+        return config.prune_spec(seqlen)
+
+    def fingerprint(self) -> str:
+        data = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def point_key(method: str, pattern: str, sparsity: float, variant: str) -> str:
+    return f"{method}|{pattern}|{sparsity:.6f}|{variant}"
+
+
+def read_points(path: Path) -> list[dict]:
+    """Finished rows; a torn last line (killed mid-write) is cut off so the file stays append-only valid."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+        data = data[:keep]
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
+
+def append_point(path: Path, row: dict) -> None:
+    line = (json.dumps(row, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prepare_folder(out: Path, config: SweepConfig, overwrite: bool) -> None:
+    marker = out / "config.json"
+    if out.exists() and not marker.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise PrunescopeError(
+                f"{str(out)!r} exists and is not a sweep folder; pass --overwrite to replace it"
+            )
+    if marker.exists():
+        stored = json.loads(marker.read_text())
+        if stored.get("fingerprint") == config.fingerprint() and not overwrite:
+            return
+        if not overwrite:
+            raise PrunescopeError(
+                f"{str(out)!r} holds a sweep with another configuration; pass --overwrite or another --out"
+            )
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    write_json(marker, {"fingerprint": config.fingerprint(), "config": asdict(config)})
+
+
+def run_sweep(
+    config: SweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True
+) -> pd.DataFrame:
+    """Run (or resume) the sweep into `out`; returns the full results table."""
+    out = Path(out)
+    prepare_folder(out, config, overwrite)
+    points_path = out / POINTS_FILE
+    done = {row["key"] for row in read_points(points_path)}
+    todo = [p for p in config.points() if any(point_key(*p, v) not in done for v in config.variants)]
+    if todo:
+        work = out / ".work"
+        bench = Workbench(
+            config.base, work_dir=work, progress=False, formats=[v for v in config.variants if v != "masked"]
+        )
+        try:
+            with make_progress() if progress else _NoProgress() as bar:
+                task = bar.add_task("sweep", total=len(todo))
+                for point in todo:
+                    spec = config.spec(point, bench.seqlen)
+                    variants = [v for v in config.variants if point_key(*point, v) not in done]
+                    start = time.perf_counter()
+                    results, timings = bench.evaluate(spec, variants)
+                    seconds = time.perf_counter() - start
+                    for variant in variants:
+                        result = results[variant]
+                        append_point(
+                            points_path,
+                            {
+                                "key": point_key(*point, variant),
+                                "method": point[0],
+                                "pattern": point[1],
+                                "target_sparsity": point[2],
+                                "variant": variant,
+                                "scope": spec.effective_scope,
+                                **result.summary,
+                                **result.behaviour.as_dict(),
+                                "dense_perplexity": bench.dense_behaviour.perplexity,
+                                "prune_seconds": timings["prune"],
+                                "point_seconds": seconds,
+                                "peak_rss_bytes": peak_rss_bytes(),
+                            },
+                        )
+                    bar.advance(task)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        run = bench.run_info()
+    else:
+        run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    table = results_table(out)
+    from .sweep_report import write_sweep_report
+
+    write_sweep_report(table, config, out, run)
+    return table
+
+
+def results_table(out: Path) -> pd.DataFrame:
+    return pd.DataFrame(read_points(out / POINTS_FILE))
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def advance(self, *args) -> None:
+        return None

@@ -1,0 +1,152 @@
+"""Tables, curves and report.md of a sweep; every file is written to a temporary name and renamed."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .output import write_json  # noqa: E402
+
+BEHAVIOUR_PANELS = [
+    ("top1_agreement", "top-1 agreement"),
+    ("top5_overlap", "top-5 overlap"),
+    ("kl_mean", "KL(dense || pruned), nats/token"),
+    ("perplexity", "perplexity"),
+]
+COST_PANELS = [
+    ("stored_bytes", "stored size (MB)", 1e-6),
+    ("flops_per_token", "executed MFLOPs / token", 1e-6),
+]
+
+
+def _replace(path: Path, write) -> None:
+    # The temporary name keeps the suffix: matplotlib picks the image format from it.
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    write(tmp)
+    tmp.replace(path)
+
+
+def sort_rows(table: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return table
+    return table.sort_values(["method", "pattern", "target_sparsity", "variant"], kind="stable").reset_index(
+        drop=True
+    )
+
+
+def collapse_points(table: pd.DataFrame) -> pd.DataFrame:
+    """Behaviour per (method, pattern, sparsity): formats agree within float tolerance, keep the first."""
+    return table.drop_duplicates(["method", "pattern", "target_sparsity"]).reset_index(drop=True)
+
+
+def threshold_crossings(table: pd.DataFrame, thresholds: list[float]) -> pd.DataFrame:
+    """Per method and pattern: the lowest swept sparsity whose top-1 agreement is below each threshold."""
+    rows = []
+    for (method, pattern), points in collapse_points(table).groupby(["method", "pattern"], sort=True):
+        row = {"method": method, "pattern": pattern}
+        for threshold in thresholds:
+            below = points[points["top1_agreement"] < threshold].sort_values("target_sparsity")
+            row[f"top1 < {threshold:g} from"] = (
+                f"{below['target_sparsity'].iloc[0]:g}" if len(below) else "not reached"
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_behaviour(table: pd.DataFrame, path: Path) -> None:
+    points = collapse_points(table)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (column, label) in zip(axes.flat, BEHAVIOUR_PANELS, strict=True):
+        for (method, pattern), rows in points.groupby(["method", "pattern"], sort=True):
+            rows = rows.sort_values("target_sparsity")
+            style = "o-" if len(rows) > 1 else "s"
+            ax.plot(rows["target_sparsity"], rows[column], style, label=f"{method} ({pattern})", markersize=5)
+        ax.set_xlabel("sparsity of pruned layers")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if column == "perplexity":
+            ax.set_yscale("log")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cost(table: pd.DataFrame, path: Path) -> None:
+    """Size and executed FLOPs against sparsity, one line per format (first method, unstructured)."""
+    base = table[table["pattern"] == "unstructured"]
+    if base.empty:
+        base = table
+    base = base[base["method"] == base["method"].iloc[0]]
+    fig, axes = plt.subplots(1, len(COST_PANELS), figsize=(10, 3.8))
+    for ax, (column, label, scale) in zip(axes, COST_PANELS, strict=True):
+        for variant, rows in base.groupby("variant", sort=False):
+            rows = rows.sort_values("target_sparsity")
+            ax.plot(rows["target_sparsity"], rows[column] * scale, "o-", label=variant, markersize=4)
+        ax.set_xlabel("sparsity of pruned layers")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> None:
+    table = sort_rows(table)
+    _replace(out / "results.csv", lambda p: table.to_csv(p, index=False))
+    _replace(out / "run.json", lambda p: write_json(p, {**run, "sweep": asdict(config)}))
+    if table.empty:
+        return
+    _replace(out / "behaviour.png", lambda p: plot_behaviour(table, p))
+    _replace(out / "cost.png", lambda p: plot_cost(table, p))
+    crossings = threshold_crossings(table, config.thresholds)
+    shown = table[
+        [
+            "method",
+            "pattern",
+            "target_sparsity",
+            "variant",
+            "pruned_layer_sparsity",
+            "stored_bytes",
+            "flops_per_token",
+            "top1_agreement",
+            "top5_overlap",
+            "kl_mean",
+            "perplexity",
+            "point_seconds",
+        ]
+    ]
+    model = run.get("model", {}).get("name", config.base.model)
+    lines = [
+        f"# prunescope sweep: {model}",
+        "",
+        f"{len(collapse_points(table))} points ({', '.join(config.methods)} x {', '.join(config.patterns)}), "
+        f"variants {', '.join(config.variants)}; dense perplexity {table['dense_perplexity'].iloc[0]:.4g}.",
+        "Metric definitions: docs/metrics.md in the prunescope repository.",
+        "",
+        "## Where top-1 agreement collapses",
+        "",
+        crossings.to_markdown(index=False),
+        "",
+        "## Behaviour vs sparsity",
+        "",
+        "![behaviour](behaviour.png)",
+        "",
+        "## Size and FLOPs vs sparsity",
+        "",
+        "![cost](cost.png)",
+        "",
+        "## All points",
+        "",
+        shown.to_markdown(index=False, floatfmt=".4g"),
+        "",
+    ]
+    _replace(out / "report.md", lambda p: p.write_text("\n".join(lines), encoding="utf-8"))
