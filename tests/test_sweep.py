@@ -100,3 +100,29 @@ def test_killed_sweep_resumes_without_duplicates(tiny_model_dir, tmp_path):
     keys = [json.loads(line)["key"] for line in final.decode().splitlines()]
     # 2 methods x (9 sparsities + one 2:4 point) x 2 variants, each exactly once
     assert len(keys) == len(set(keys)) == 40
+
+
+def test_sweep_latency_adds_measured_speedups(tiny_model_dir, tmp_path):
+    out = tmp_path / "sweep"
+    args = [
+        "sweep",
+        "--model",
+        str(tiny_model_dir),
+        "--sparsity",
+        "0.5",
+        "--variants",
+        "masked,csr",
+        "--latency",
+        "--max-tokens",
+        "64",
+        "--seqlen",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "results.csv")
+    assert (table["layer_speedup_n1"] > 0).all() and (table["layer_speedup_n64"] > 0).all()
+    assert (out / "speedup.png").is_file()

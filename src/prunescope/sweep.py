@@ -61,6 +61,7 @@ class SweepConfig:
     variants: list[str] = field(default_factory=lambda: ["masked"])
     thresholds: list[float] = field(default_factory=lambda: [0.9, 0.5])
     base: StudyConfig = field(default_factory=StudyConfig)
+    latency: bool = False  # per point: measured layer speedup of each variant at n = 1 and 64 tokens
 
     def __post_init__(self) -> None:
         self.sparsities = parse_sparsities(self.sparsities)
@@ -171,7 +172,12 @@ def run_sweep(
                     spec = config.spec(point, bench.seqlen)
                     variants = [v for v in config.variants if point_key(*point, v) not in done]
                     start = time.perf_counter()
-                    results, timings = bench.evaluate(spec, variants)
+                    speedups: dict[str, dict] = {}
+
+                    def measure(record, variants=variants, speedups=speedups) -> None:
+                        speedups.update(layer_speedups(bench, record, variants))
+
+                    results, timings = bench.evaluate(spec, variants, measure if config.latency else None)
                     seconds = time.perf_counter() - start
                     for variant in variants:
                         result = results[variant]
@@ -190,6 +196,7 @@ def run_sweep(
                                 "prune_seconds": timings["prune"],
                                 "point_seconds": seconds,
                                 "peak_rss_bytes": peak_rss_bytes(),
+                                **speedups.get(variant, {}),
                             },
                         )
                     bar.advance(task)
@@ -203,6 +210,32 @@ def run_sweep(
 
     write_sweep_report(table, config, out, run)
     return table
+
+
+def layer_speedups(bench: Workbench, record, variants: list[str]) -> dict[str, dict]:
+    """Measured speedup of all pruned layers together per variant: sum of dense medians over the format's.
+
+    Layers of one shape are timed once and weighted by how many layers have that shape.
+    """
+    from .latency import LatencyConfig, TimingPolicy, latency_section
+
+    config = LatencyConfig(
+        tokens=[1, 64],
+        model_level=False,
+        policy=TimingPolicy(warmup=1, min_time=0.05, min_repeats=5, max_time=0.5),
+    )
+    rows = latency_section(
+        bench.model, record=record, pruned=list(bench.layers), formats=variants, config=config
+    )["rows"]
+    speedups: dict[str, dict] = {}
+    for variant in variants:
+        for n in (1, 64):
+            chosen = [r for r in rows if r["format"] == variant and r["n"] == n and r["status"] == "ok"]
+            if chosen:
+                dense = sum(r["dense_median_s"] * r["layers_of_shape"] for r in chosen)
+                measured = sum(r["median_s"] * r["layers_of_shape"] for r in chosen)
+                speedups.setdefault(variant, {})[f"layer_speedup_n{n}"] = dense / measured
+    return speedups
 
 
 def results_table(out: Path) -> pd.DataFrame:

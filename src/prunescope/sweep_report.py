@@ -99,6 +99,26 @@ def plot_cost(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_speedup(table: pd.DataFrame, path: Path) -> None:
+    """Measured speedup of the pruned layers vs sparsity, per format and token count (first method)."""
+    base = table[table["method"] == table["method"].iloc[0]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant, rows in base.groupby("variant", sort=False):
+        rows = rows[rows["pattern"] == "unstructured"].sort_values("target_sparsity")
+        for n, style in (("layer_speedup_n1", "o-"), ("layer_speedup_n64", "s--")):
+            if n in rows and rows[n].notna().any():
+                ax.plot(rows["target_sparsity"], rows[n], style, label=f"{variant}, n={n.rsplit('n', 1)[1]}")
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_xlabel("sparsity of pruned layers")
+    ax.set_ylabel("measured speedup vs dense (pruned layers)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> None:
     table = sort_rows(table)
     _replace(out / "results.csv", lambda p: table.to_csv(p, index=False))
@@ -107,6 +127,9 @@ def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> Non
         return
     _replace(out / "behaviour.png", lambda p: plot_behaviour(table, p))
     _replace(out / "cost.png", lambda p: plot_cost(table, p))
+    has_speed = "layer_speedup_n1" in table.columns
+    if has_speed:
+        _replace(out / "speedup.png", lambda p: plot_speedup(table, p))
     crossings = threshold_crossings(table, config.thresholds)
     shown = table[
         [
@@ -144,6 +167,7 @@ def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> Non
         "",
         "![cost](cost.png)",
         "",
+        *(["## Measured speedup vs sparsity", "", "![speedup](speedup.png)", ""] if has_speed else []),
         "## All points",
         "",
         shown.to_markdown(index=False, floatfmt=".4g"),

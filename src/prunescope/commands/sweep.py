@@ -45,6 +45,7 @@ def sweep(
         "results/sweep"
     ),
     overwrite: Annotated[bool, typer.Option(help="Start over in OUT, discarding what is there.")] = False,
+    latency: Annotated[bool, typer.Option(help="Also measure the pruned layers' speedup per point.")] = False,
     progress: Annotated[bool, typer.Option()] = True,
 ) -> None:
     """Map behaviour, size and FLOPs against sparsity; rerun the same command to resume."""
@@ -75,6 +76,7 @@ def sweep(
         variants=variants,
         thresholds=[float(t) for t in thresholds.split(",") if t.strip()],
         base=base,
+        latency=latency,
     )
     table = run_sweep(config, out, overwrite=overwrite, progress=progress)
     console.print(threshold_crossings(table, config.thresholds).to_string(index=False))
