@@ -20,7 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Study unstructured pruning of causal LMs: behaviour, structure, bytes, FLOPs, latency.",
 )
-console = Console()
+# Rich falls back to 80 columns when stdout is not a terminal (CI, files): too narrow for the tables.
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 
