@@ -24,9 +24,11 @@ def _colour(variant: str, index: int) -> str:
     return COLOURS.get(variant, plt.get_cmap("tab10")(index % 10))
 
 
-def _label(ax, bars, fmt: str) -> None:
-    ax.bar_label(bars, labels=[fmt.format(b.get_height()) for b in bars], fontsize=7, padding=2)
-    ax.margins(y=0.15)
+def _label(ax, bars, fmt: str, vertical: bool = False) -> None:
+    # Grouped bars are narrow: vertical labels do not run into each other; zero bars stay unlabelled.
+    labels = [fmt.format(b.get_height()) if b.get_height() else "" for b in bars]
+    ax.bar_label(bars, labels=labels, fontsize=7, padding=2, rotation=90 if vertical else 0)
+    ax.margins(y=0.25 if vertical else 0.15)
 
 
 def plot_variants(summary: pd.DataFrame, path: str | Path) -> None:
@@ -66,7 +68,7 @@ def plot_groups(groups: pd.DataFrame, path: str | Path) -> None:
             bars = ax.bar(
                 positions, rows[column].fillna(0) * scale, width, label=variant, color=_colour(variant, i)
             )
-            _label(ax, bars, fmt)
+            _label(ax, bars, fmt, vertical=True)
         ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
     axes[0].legend(fontsize=8)

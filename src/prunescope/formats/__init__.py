@@ -31,6 +31,7 @@ FORMATS: dict[str, str] = {
     "csr": "prunescope.formats.csr:CSRLinear",
     "bitmask": "prunescope.formats.bitmask:BitmaskLinear",
     "csr16": "prunescope.formats.csr16:CSR16Linear",
+    "auto": "prunescope.formats.auto:AutoFormat",
     "bsr": "prunescope.formats.bsr:BSRLinear",
 }
 

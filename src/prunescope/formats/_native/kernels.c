@@ -1,0 +1,909 @@
+/* Bitmask / CSR16 / dense Linear kernels: "load sparse, compute dense".  See kernels.h for the formats.
+ *
+ * Decode (few tokens) is memory-bound, so the bitmask kernels stream 1 bit per weight plus the packed
+ * non-zeros and rebuild 16 dense lanes in a register (AVX-512 expand-load, or an 8-lane permutation LUT on
+ * AVX2), then FMA with the dense input: the weight stream is read once and each expanded register is
+ * reused for up to 8 tokens.
+ */
+#include "kernels.h"
+
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define PS_X86 1
+#include <immintrin.h>
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define PS_TILE 8 /* tokens sharing one expanded weight register */
+/* Rows interleaved by the one-token kernels.  Measured (AVX-512, Zen 4): 4 rows lift the dense GEMV from
+ * ~28 to ~43 GB/s out of L3 (more streams in flight, one input load per 4 FMAs), while the bitmask kernel is
+ * ~10 % faster per chunk one row at a time (4 mask words per load, 4 independent accumulators). */
+#define PS_ROWS 4
+#ifndef PS_BM_ROWS
+#define PS_BM_ROWS 1
+#endif
+#ifndef PS_DENSE_ROWS
+#define PS_DENSE_ROWS 4
+#endif
+#define PS_INLINE static inline __attribute__((always_inline))
+
+/* ------------------------------------------------------------------ scalar helpers (any CPU) -- */
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal half: normalise, it is a normal float */
+            uint32_t e = 0;
+            while (!(man & 0x400u)) {
+                man <<= 1;
+                e++;
+            }
+            u = sign | ((113u - e) << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 112u) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline float load_val(const void *v, int64_t i, int dt) {
+    if (dt == PS_F32) return ((const float *)v)[i];
+    uint16_t h = ((const uint16_t *)v)[i];
+    return dt == PS_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+}
+
+static inline int popcount16(unsigned k) {
+#if defined(__GNUC__)
+    return __builtin_popcount(k);
+#else
+    int c = 0;
+    for (; k; k &= k - 1) c++;
+    return c;
+#endif
+}
+
+static inline int ctz16(unsigned k) {
+#if defined(__GNUC__)
+    return __builtin_ctz(k);
+#else
+    int j = 0;
+    while (!(k & 1u)) { k >>= 1; j++; }
+    return j;
+#endif
+}
+
+/* ---------------------------------------------------------------------------- threading -- */
+
+typedef void (*ps_rows_fn)(const ps_args *a, int64_t r0, int64_t r1);
+
+/* Blocks of rows handed out dynamically: a core shared with another process must not stall the whole call,
+ * and 16 consecutive rows keep each thread's weight stream long enough for the hardware prefetcher. */
+static void run_rows(ps_rows_fn fn, const ps_args *a, int nthreads) {
+    const int64_t out = a->out, block = 16, nblocks = (out + block - 1) / block;
+    /* tiny layers: a parallel region costs more than the work */
+    if (nthreads <= 1 || nblocks <= 1 || out * a->in * (a->n < 8 ? a->n : 8) < 65536) {
+        fn(a, 0, out);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+    for (int64_t b = 0; b < nblocks; b++) {
+        int64_t r1 = (b + 1) * block;
+        fn(a, b * block, r1 < out ? r1 : out);
+    }
+#else
+    fn(a, 0, out);
+#endif
+}
+
+/* ------------------------------------------------------------------------- scalar paths -- */
+
+static void bm_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
+    const int64_t in = a->in, W = (in + 15) / 16, n = a->n, out = a->out;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *m = a->mask + r * W;
+        const float b = a->bias ? a->bias[r] : 0.f;
+        for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
+            const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
+            const float *x = a->x + t0 * in;
+            float acc[PS_TILE] = {0};
+            int64_t p = a->rowoff[r];
+            for (int64_t w = 0; w < W; w++) {
+                for (unsigned k = m[w]; k; k &= k - 1) {
+                    const float v = load_val(a->values, p++, a->dtype);
+                    const float *xc = x + w * 16 + ctz16(k);
+                    for (int t = 0; t < T; t++) acc[t] += v * xc[t * in];
+                }
+            }
+            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = acc[t] + b;
+        }
+    }
+}
+
+static void csr_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
+    const int64_t in = a->in, n = a->n, out = a->out;
+    for (int64_t r = r0; r < r1; r++) {
+        const float b = a->bias ? a->bias[r] : 0.f;
+        for (int64_t t = 0; t < n; t++) {
+            const float *x = a->x + t * in;
+            float acc = 0.f;
+            for (int64_t k = a->rowoff[r]; k < a->rowoff[r + 1]; k++)
+                acc += load_val(a->values, k, a->dtype) * x[a->cols[k]];
+            if (a->xt)
+                a->y[r * n + t] = acc + b;
+            else
+                a->y[t * out + r] = acc + b;
+        }
+    }
+}
+
+static void dense_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
+    const int64_t in = a->in, n = a->n, out = a->out;
+    const float *wt = (const float *)a->values;
+    for (int64_t r = r0; r < r1; r++) {
+        const float b = a->bias ? a->bias[r] : 0.f;
+        for (int64_t t = 0; t < n; t++) {
+            const float *x = a->x + t * in, *w = wt + r * in;
+            float acc = 0.f;
+            for (int64_t j = 0; j < in; j++) acc += w[j] * x[j];
+            a->y[t * out + r] = acc + b;
+        }
+    }
+}
+
+#ifdef PS_X86
+/* ------------------------------------------------------------------------------ AVX-512 -- */
+
+#define TGT512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,popcnt,bmi,bmi2,fma,f16c")))
+
+/* 16 dense lanes from the c = popcount(k) packed values at off: zero where k has no bit. */
+TGT512 PS_INLINE __m512 expand16(const void *vals, int64_t off, __mmask16 k, int c, int dt) {
+    /* expand straight from memory: ~10 % fewer cycles per chunk than a masked load + register expand */
+    if (dt == PS_F32) return _mm512_maskz_expandloadu_ps(k, (const float *)vals + off);
+    /* 16-bit storage: load exactly c halves (a masked load never faults past the buffer), widen, expand */
+    const __m256i h = _mm256_maskz_loadu_epi16((__mmask16)((1u << c) - 1u), (const uint16_t *)vals + off);
+    const __m512 f = dt == PS_BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                                   : _mm512_cvtph_ps(h);
+    return _mm512_maskz_expand_ps(k, f);
+}
+
+/* Contiguous (not expanded) load of the values selected by km. */
+TGT512 PS_INLINE __m512 load16(const void *vals, int64_t off, __mmask16 km, int dt) {
+    if (dt == PS_F32) return _mm512_maskz_loadu_ps(km, (const float *)vals + off);
+    const __m256i h = _mm256_maskz_loadu_epi16(km, (const uint16_t *)vals + off);
+    return dt == PS_BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                         : _mm512_cvtph_ps(h);
+}
+
+/* One row, one token.  Four 16-bit mask words come in one 64-bit load, and the four value pointers are
+ * prefix popcounts of it, so the pointer updates are independent instead of a serial chain. */
+TGT512 PS_INLINE float bm_row1_512(const void *vals, int64_t p, const uint16_t *m, int64_t Wfull, int tail,
+                                   const float *x, int dt) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const int es = dt == PS_F32 ? 4 : 2;
+    int64_t w = 0;
+    for (; w + 4 <= Wfull; w += 4) {
+        uint64_t mm;
+        memcpy(&mm, m + w, 8);
+        const int64_t p1 = p + _mm_popcnt_u64(mm & 0xffffULL);
+        const int64_t p2 = p + _mm_popcnt_u64(mm & 0xffffffffULL);
+        const int64_t p3 = p + _mm_popcnt_u64(mm & 0xffffffffffffULL);
+        const int64_t p4 = p + _mm_popcnt_u64(mm);
+/* Software prefetch of the value stream: off by default, the hardware prefetcher follows both sequential
+ * streams and the extra instructions measured no better here (kept for experiments: -DPS_PF_LINES=2). */
+#ifndef PS_PF_DIST
+#define PS_PF_DIST 2048 /* bytes ahead */
+#endif
+#ifndef PS_PF_LINES
+#define PS_PF_LINES 0
+#endif
+        for (int l = 0; l < PS_PF_LINES; l++)
+            _mm_prefetch((const char *)vals + p * es + PS_PF_DIST + 64 * l, _MM_HINT_T0);
+        const __m512 w0 = expand16(vals, p, (__mmask16)mm, (int)(p1 - p), dt);
+        const __m512 w1 = expand16(vals, p1, (__mmask16)(mm >> 16), (int)(p2 - p1), dt);
+        const __m512 w2 = expand16(vals, p2, (__mmask16)(mm >> 32), (int)(p3 - p2), dt);
+        const __m512 w3 = expand16(vals, p3, (__mmask16)(mm >> 48), (int)(p4 - p3), dt);
+        const float *xc = x + 16 * w;
+        a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xc), a0);
+        a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xc + 16), a1);
+        a2 = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xc + 32), a2);
+        a3 = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xc + 48), a3);
+        p = p4;
+    }
+    for (; w < Wfull; w++) {
+        const unsigned k = m[w];
+        const int c = popcount16(k);
+        a0 = _mm512_fmadd_ps(expand16(vals, p, (__mmask16)k, c, dt), _mm512_loadu_ps(x + 16 * w), a0);
+        p += c;
+    }
+    if (tail) { /* partial last word: its zero bits past in_features also mask the input load */
+        const unsigned k = m[Wfull];
+        const __m512 wv = expand16(vals, p, (__mmask16)k, popcount16(k), dt);
+        a1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps((__mmask16)k, x + 16 * Wfull), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/* R rows at once, one token: each input chunk is loaded once for R rows, and R independent weight streams
+ * (and pointer chains) are in flight, which a single row's loop cannot provide. */
+TGT512 PS_INLINE void bm_rowsR1_512(const ps_args *a, int64_t r, int R, int dt, float *res) {
+    const int64_t in = a->in, W = (in + 15) / 16, Wfull = in / 16;
+    const float *x = a->x;
+    const void *vals = a->values;
+    const uint16_t *m[PS_ROWS];
+    int64_t p[PS_ROWS];
+    __m512 acc[PS_ROWS], acc2[PS_ROWS];
+    for (int q = 0; q < R; q++) {
+        m[q] = a->mask + (r + q) * W;
+        p[q] = a->rowoff[r + q];
+        acc[q] = acc2[q] = _mm512_setzero_ps();
+    }
+    int64_t w = 0;
+    for (; w + 2 <= Wfull; w += 2) {
+        const __m512 x0 = _mm512_loadu_ps(x + 16 * w), x1 = _mm512_loadu_ps(x + 16 * w + 16);
+        for (int q = 0; q < R; q++) {
+            uint32_t mm;
+            memcpy(&mm, m[q] + w, 4);
+            const int c0 = popcount16(mm & 0xffffu), c01 = popcount16(mm);
+            const __m512 w0 = expand16(vals, p[q], (__mmask16)mm, c0, dt);
+            const __m512 w1 = expand16(vals, p[q] + c0, (__mmask16)(mm >> 16), c01 - c0, dt);
+            p[q] += c01;
+            acc[q] = _mm512_fmadd_ps(w0, x0, acc[q]);
+            acc2[q] = _mm512_fmadd_ps(w1, x1, acc2[q]);
+        }
+    }
+    if (w < Wfull) {
+        const __m512 x0 = _mm512_loadu_ps(x + 16 * w);
+        for (int q = 0; q < R; q++) {
+            const unsigned k = m[q][w];
+            const int c = popcount16(k);
+            acc[q] = _mm512_fmadd_ps(expand16(vals, p[q], (__mmask16)k, c, dt), x0, acc[q]);
+            p[q] += c;
+        }
+    }
+    if (in % 16) { /* partial last word: its zero bits past in_features also mask the input load */
+        for (int q = 0; q < R; q++) {
+            const unsigned k = m[q][Wfull];
+            const __m512 wv = expand16(vals, p[q], (__mmask16)k, popcount16(k), dt);
+            acc2[q] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps((__mmask16)k, x + 16 * Wfull), acc2[q]);
+        }
+    }
+    for (int q = 0; q < R; q++) res[q] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q], acc2[q]));
+}
+
+/* One row, T tokens: every expanded weight register feeds T FMAs. */
+TGT512 PS_INLINE void bm_rowT_512(const void *vals, int64_t p, const uint16_t *m, int64_t Wfull, int tail,
+                                  const float *x, int64_t in, int T, int dt, float *res) {
+    __m512 acc[PS_TILE], acc2[PS_TILE];
+    for (int t = 0; t < T; t++) acc[t] = acc2[t] = _mm512_setzero_ps();
+    int64_t w = 0;
+    for (; w + 2 <= Wfull; w += 2) {
+        uint32_t mm;
+        memcpy(&mm, m + w, 4);
+        const int c0 = popcount16(mm & 0xffffu), c1 = popcount16(mm >> 16);
+        const __m512 w0 = expand16(vals, p, (__mmask16)mm, c0, dt);
+        const __m512 w1 = expand16(vals, p + c0, (__mmask16)(mm >> 16), c1, dt);
+        p += c0 + c1;
+        for (int t = 0; t < T; t++) {
+            const float *xc = x + t * in + 16 * w;
+            acc[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xc), acc[t]);
+            acc2[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xc + 16), acc2[t]);
+        }
+    }
+    if (w < Wfull) {
+        const unsigned k = m[w];
+        const int c = popcount16(k);
+        const __m512 wv = expand16(vals, p, (__mmask16)k, c, dt);
+        p += c;
+        for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * in + 16 * w), acc[t]);
+    }
+    if (tail) {
+        const unsigned k = m[Wfull];
+        const __m512 wv = expand16(vals, p, (__mmask16)k, popcount16(k), dt);
+        for (int t = 0; t < T; t++)
+            acc2[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps((__mmask16)k, x + t * in + 16 * Wfull), acc2[t]);
+    }
+    for (int t = 0; t < T; t++) res[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], acc2[t]));
+}
+
+/* Two rows, T tokens: each input vector loaded feeds two FMAs.  With 8 tokens the input tile (8 x in floats)
+ * lives in L2, not L1, so halving its loads is what speeds up the multi-token case. */
+TGT512 PS_INLINE void bm_rows2T_512(const ps_args *a, int64_t r, const float *x, int T, int dt,
+                                    float res[2][PS_TILE]) {
+    const int64_t in = a->in, W = (in + 15) / 16, Wfull = in / 16;
+    const void *vals = a->values;
+    const uint16_t *m0 = a->mask + r * W, *m1 = m0 + W;
+    int64_t p0 = a->rowoff[r], p1 = a->rowoff[r + 1];
+    __m512 acc0[PS_TILE], acc1[PS_TILE];
+    for (int t = 0; t < T; t++) acc0[t] = acc1[t] = _mm512_setzero_ps();
+    for (int64_t w = 0; w < Wfull; w++) {
+        const unsigned k0 = m0[w], k1 = m1[w];
+        const int c0 = popcount16(k0), c1 = popcount16(k1);
+        const __m512 w0 = expand16(vals, p0, (__mmask16)k0, c0, dt);
+        const __m512 w1 = expand16(vals, p1, (__mmask16)k1, c1, dt);
+        p0 += c0;
+        p1 += c1;
+        for (int t = 0; t < T; t++) {
+            const __m512 xv = _mm512_loadu_ps(x + t * in + 16 * w);
+            acc0[t] = _mm512_fmadd_ps(w0, xv, acc0[t]);
+            acc1[t] = _mm512_fmadd_ps(w1, xv, acc1[t]);
+        }
+    }
+    if (in % 16) { /* bits past in_features are zero in both rows: their union masks the input load */
+        const unsigned k0 = m0[Wfull], k1 = m1[Wfull];
+        const __m512 w0 = expand16(vals, p0, (__mmask16)k0, popcount16(k0), dt);
+        const __m512 w1 = expand16(vals, p1, (__mmask16)k1, popcount16(k1), dt);
+        for (int t = 0; t < T; t++) {
+            const __m512 xv = _mm512_maskz_loadu_ps((__mmask16)(k0 | k1), x + t * in + 16 * Wfull);
+            acc0[t] = _mm512_fmadd_ps(w0, xv, acc0[t]);
+            acc1[t] = _mm512_fmadd_ps(w1, xv, acc1[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        res[0][t] = _mm512_reduce_add_ps(acc0[t]);
+        res[1][t] = _mm512_reduce_add_ps(acc1[t]);
+    }
+}
+
+TGT512 PS_INLINE void bm_rows_512_dt(const ps_args *a, int64_t r0, int64_t r1, int dt) {
+    const int64_t in = a->in, W = (in + 15) / 16, Wfull = in / 16, n = a->n, out = a->out;
+    const int tail = (in % 16) != 0;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *m = a->mask + r * W;
+        const int64_t p = a->rowoff[r];
+        const float b = a->bias ? a->bias[r] : 0.f;
+        if (n == 1 && PS_BM_ROWS > 1) {
+            float res[PS_ROWS];
+            const int R = r1 - r < PS_BM_ROWS ? (int)(r1 - r) : PS_BM_ROWS;
+            switch (R) {
+            case 1: bm_rowsR1_512(a, r, 1, dt, res); break;
+            case 2: bm_rowsR1_512(a, r, 2, dt, res); break;
+            case 3: bm_rowsR1_512(a, r, 3, dt, res); break;
+            default: bm_rowsR1_512(a, r, PS_BM_ROWS, dt, res); break;
+            }
+            for (int q = 0; q < R; q++) a->y[r + q] = res[q] + (a->bias ? a->bias[r + q] : 0.f);
+            r += R - 1;
+            continue;
+        }
+        if (n == 1) {
+            a->y[r] = bm_row1_512(a->values, p, m, Wfull, tail, a->x, dt) + b;
+            continue;
+        }
+        if (r + 1 < r1) {
+            const float b1 = a->bias ? a->bias[r + 1] : 0.f;
+            for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
+                const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
+                const float *x = a->x + t0 * in;
+                float res[2][PS_TILE];
+                switch (T) {
+                case 1: bm_rows2T_512(a, r, x, 1, dt, res); break;
+                case 2: bm_rows2T_512(a, r, x, 2, dt, res); break;
+                case 3: bm_rows2T_512(a, r, x, 3, dt, res); break;
+                case 4: bm_rows2T_512(a, r, x, 4, dt, res); break;
+                case 5: bm_rows2T_512(a, r, x, 5, dt, res); break;
+                case 6: bm_rows2T_512(a, r, x, 6, dt, res); break;
+                case 7: bm_rows2T_512(a, r, x, 7, dt, res); break;
+                default: bm_rows2T_512(a, r, x, 8, dt, res); break;
+                }
+                for (int t = 0; t < T; t++) {
+                    a->y[(t0 + t) * out + r] = res[0][t] + b;
+                    a->y[(t0 + t) * out + r + 1] = res[1][t] + b1;
+                }
+            }
+            r++;
+            continue;
+        }
+        for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
+            const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
+            const float *x = a->x + t0 * in;
+            float res[PS_TILE];
+            switch (T) { /* constant T: the token loops unroll and the accumulators stay in registers */
+            case 1: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 1, dt, res); break;
+            case 2: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 2, dt, res); break;
+            case 3: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 3, dt, res); break;
+            case 4: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 4, dt, res); break;
+            case 5: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 5, dt, res); break;
+            case 6: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 6, dt, res); break;
+            case 7: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 7, dt, res); break;
+            default: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 8, dt, res); break;
+            }
+            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = res[t] + b;
+        }
+    }
+}
+
+TGT512 static void bm_rows_512_f32(const ps_args *a, int64_t r0, int64_t r1) { bm_rows_512_dt(a, r0, r1, PS_F32); }
+TGT512 static void bm_rows_512_bf16(const ps_args *a, int64_t r0, int64_t r1) { bm_rows_512_dt(a, r0, r1, PS_BF16); }
+TGT512 static void bm_rows_512_f16(const ps_args *a, int64_t r0, int64_t r1) { bm_rows_512_dt(a, r0, r1, PS_F16); }
+
+/* CSR16, few tokens: gather 16 inputs by column index per 16 non-zeros. */
+TGT512 PS_INLINE void csr_rowT_gather_512(const ps_args *a, int64_t k0, int64_t k1, const float *x, int T, int dt,
+                                          float *res) {
+    __m512 acc[PS_TILE];
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    int64_t k = k0;
+    for (; k + 16 <= k1; k += 16) {
+        const __m512i idx = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(a->cols + k)));
+        const __m512 v = load16(a->values, k, (__mmask16)0xffff, dt);
+        for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(v, _mm512_i32gather_ps(idx, x + t * a->in, 4), acc[t]);
+    }
+    if (k < k1) {
+        const __mmask16 km = (__mmask16)((1u << (k1 - k)) - 1u);
+        const __m512i idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(km, a->cols + k));
+        const __m512 v = load16(a->values, k, km, dt);
+        for (int t = 0; t < T; t++) {
+            const __m512 xg = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), km, idx, x + t * a->in, 4);
+            acc[t] = _mm512_fmadd_ps(v, xg, acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) res[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+/* CSR16, many tokens: x transposed (in x n), so each non-zero is one broadcast FMA on K*16 tokens. */
+TGT512 PS_INLINE void csr_rowK_tvec_512(const ps_args *a, int64_t r, int64_t t0, int K, __mmask16 last, int dt) {
+    const int64_t n = a->n, k0 = a->rowoff[r], k1 = a->rowoff[r + 1];
+    /* 4 non-zeros per step into 4 accumulator sets: one set would wait on the FMA latency every non-zero */
+    __m512 acc[4][4];
+    for (int u = 0; u < 4; u++)
+        for (int j = 0; j < K; j++) acc[u][j] = _mm512_setzero_ps();
+    int64_t k = k0;
+    for (; k + 4 <= k1; k += 4) {
+        for (int u = 0; u < 4; u++) {
+            const __m512 v = _mm512_set1_ps(load_val(a->values, k + u, dt));
+            const float *xr = a->xt + (int64_t)a->cols[k + u] * n + t0;
+            for (int j = 0; j < K; j++) {
+                const __mmask16 mj = j == K - 1 ? last : (__mmask16)0xffff;
+                acc[u][j] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mj, xr + 16 * j), acc[u][j]);
+            }
+        }
+    }
+    for (; k < k1; k++) {
+        const __m512 v = _mm512_set1_ps(load_val(a->values, k, dt));
+        const float *xr = a->xt + (int64_t)a->cols[k] * n + t0;
+        for (int j = 0; j < K; j++) {
+            const __mmask16 mj = j == K - 1 ? last : (__mmask16)0xffff;
+            acc[0][j] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(mj, xr + 16 * j), acc[0][j]);
+        }
+    }
+    const __m512 b = _mm512_set1_ps(a->bias ? a->bias[r] : 0.f);
+    for (int j = 0; j < K; j++) {
+        const __mmask16 mj = j == K - 1 ? last : (__mmask16)0xffff;
+        const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]), _mm512_add_ps(acc[2][j], acc[3][j]));
+        _mm512_mask_storeu_ps(a->y + r * n + t0 + 16 * j, mj, _mm512_add_ps(sum, b));
+    }
+}
+
+TGT512 PS_INLINE void csr_rows_512_dt(const ps_args *a, int64_t r0, int64_t r1, int dt) {
+    const int64_t n = a->n, out = a->out;
+    for (int64_t r = r0; r < r1; r++) {
+        if (a->xt) {
+            for (int64_t t0 = 0; t0 < n; t0 += 64) {
+                const int64_t rem = n - t0 < 64 ? n - t0 : 64;
+                const int K = (int)((rem + 15) / 16);
+                const int lastn = (int)(rem - 16 * (K - 1));
+                const __mmask16 last = (__mmask16)((1u << lastn) - 1u);
+                switch (K) {
+                case 1: csr_rowK_tvec_512(a, r, t0, 1, last, dt); break;
+                case 2: csr_rowK_tvec_512(a, r, t0, 2, last, dt); break;
+                case 3: csr_rowK_tvec_512(a, r, t0, 3, last, dt); break;
+                default: csr_rowK_tvec_512(a, r, t0, 4, last, dt); break;
+                }
+            }
+            continue;
+        }
+        const float b = a->bias ? a->bias[r] : 0.f;
+        for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
+            const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
+            const float *x = a->x + t0 * a->in;
+            float res[PS_TILE];
+            switch (T) {
+            case 1: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 1, dt, res); break;
+            case 2: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 2, dt, res); break;
+            case 3: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 3, dt, res); break;
+            case 4: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 4, dt, res); break;
+            case 5: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 5, dt, res); break;
+            case 6: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 6, dt, res); break;
+            case 7: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 7, dt, res); break;
+            default: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 8, dt, res); break;
+            }
+            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = res[t] + b;
+        }
+    }
+}
+
+TGT512 static void csr_rows_512_f32(const ps_args *a, int64_t r0, int64_t r1) { csr_rows_512_dt(a, r0, r1, PS_F32); }
+TGT512 static void csr_rows_512_bf16(const ps_args *a, int64_t r0, int64_t r1) { csr_rows_512_dt(a, r0, r1, PS_BF16); }
+TGT512 static void csr_rows_512_f16(const ps_args *a, int64_t r0, int64_t r1) { csr_rows_512_dt(a, r0, r1, PS_F16); }
+
+/* Dense reference with the same structure as the bitmask kernel: a plain load instead of the expand. */
+TGT512 PS_INLINE float dense_row1_512(const float *w, const float *x, int64_t in) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t j = 0;
+    for (; j + 64 <= in; j += 64) {
+        _mm_prefetch((const char *)(w + j + 512), _MM_HINT_T0);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + j), _mm512_loadu_ps(x + j), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + j + 16), _mm512_loadu_ps(x + j + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + j + 32), _mm512_loadu_ps(x + j + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + j + 48), _mm512_loadu_ps(x + j + 48), a3);
+    }
+    for (; j < in; j += 16) {
+        const int64_t rem = in - j;
+        const __mmask16 km = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, w + j), _mm512_maskz_loadu_ps(km, x + j), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+TGT512 PS_INLINE void dense_rowsR1_512(const float *w, const float *x, int64_t in, int R, float *res) {
+    __m512 acc[PS_ROWS], acc2[PS_ROWS];
+    for (int q = 0; q < R; q++) acc[q] = acc2[q] = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 <= in; j += 32) {
+        const __m512 x0 = _mm512_loadu_ps(x + j), x1 = _mm512_loadu_ps(x + j + 16);
+        for (int q = 0; q < R; q++) {
+            acc[q] = _mm512_fmadd_ps(_mm512_loadu_ps(w + q * in + j), x0, acc[q]);
+            acc2[q] = _mm512_fmadd_ps(_mm512_loadu_ps(w + q * in + j + 16), x1, acc2[q]);
+        }
+    }
+    for (; j < in; j += 16) {
+        const int64_t rem = in - j;
+        const __mmask16 km = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
+        const __m512 x0 = _mm512_maskz_loadu_ps(km, x + j);
+        for (int q = 0; q < R; q++) acc[q] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(km, w + q * in + j), x0, acc[q]);
+    }
+    for (int q = 0; q < R; q++) res[q] = _mm512_reduce_add_ps(_mm512_add_ps(acc[q], acc2[q]));
+}
+
+TGT512 PS_INLINE void dense_rowT_512(const float *w, const float *x, int64_t in, int T, float *res) {
+    __m512 acc[PS_TILE], acc2[PS_TILE];
+    for (int t = 0; t < T; t++) acc[t] = acc2[t] = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 <= in; j += 32) {
+        const __m512 w0 = _mm512_loadu_ps(w + j), w1 = _mm512_loadu_ps(w + j + 16);
+        for (int t = 0; t < T; t++) {
+            acc[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * in + j), acc[t]);
+            acc2[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * in + j + 16), acc2[t]);
+        }
+    }
+    for (; j < in; j += 16) {
+        const int64_t rem = in - j;
+        const __mmask16 km = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
+        const __m512 wv = _mm512_maskz_loadu_ps(km, w + j);
+        for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(km, x + t * in + j), acc[t]);
+    }
+    for (int t = 0; t < T; t++) res[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], acc2[t]));
+}
+
+/* Two rows, T tokens, as in the bitmask kernel: one input load feeds two FMAs. */
+TGT512 PS_INLINE void dense_rows2T_512(const float *w, const float *x, int64_t in, int T, float res[2][PS_TILE]) {
+    __m512 acc0[PS_TILE], acc1[PS_TILE];
+    for (int t = 0; t < T; t++) acc0[t] = acc1[t] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < in; j += 16) {
+        const int64_t rem = in - j;
+        const __mmask16 km = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
+        const __m512 w0 = _mm512_maskz_loadu_ps(km, w + j), w1 = _mm512_maskz_loadu_ps(km, w + in + j);
+        for (int t = 0; t < T; t++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(km, x + t * in + j);
+            acc0[t] = _mm512_fmadd_ps(w0, xv, acc0[t]);
+            acc1[t] = _mm512_fmadd_ps(w1, xv, acc1[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        res[0][t] = _mm512_reduce_add_ps(acc0[t]);
+        res[1][t] = _mm512_reduce_add_ps(acc1[t]);
+    }
+}
+
+TGT512 static void dense_rows_512(const ps_args *a, int64_t r0, int64_t r1) {
+    const int64_t in = a->in, n = a->n, out = a->out;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *w = (const float *)a->values + r * in;
+        const float b = a->bias ? a->bias[r] : 0.f;
+        if (n == 1 && PS_DENSE_ROWS > 1) {
+            float res[PS_ROWS];
+            const int R = r1 - r < PS_DENSE_ROWS ? (int)(r1 - r) : PS_DENSE_ROWS;
+            switch (R) {
+            case 1: dense_rowsR1_512(w, a->x, in, 1, res); break;
+            case 2: dense_rowsR1_512(w, a->x, in, 2, res); break;
+            case 3: dense_rowsR1_512(w, a->x, in, 3, res); break;
+            default: dense_rowsR1_512(w, a->x, in, PS_DENSE_ROWS, res); break;
+            }
+            for (int q = 0; q < R; q++) a->y[r + q] = res[q] + (a->bias ? a->bias[r + q] : 0.f);
+            r += R - 1;
+            continue;
+        }
+        if (n == 1) {
+            a->y[r] = dense_row1_512(w, a->x, in) + b;
+            continue;
+        }
+        if (r + 1 < r1) {
+            const float b1 = a->bias ? a->bias[r + 1] : 0.f;
+            for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
+                const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
+                const float *x = a->x + t0 * in;
+                float res[2][PS_TILE];
+                switch (T) {
+                case 1: dense_rows2T_512(w, x, in, 1, res); break;
+                case 2: dense_rows2T_512(w, x, in, 2, res); break;
+                case 3: dense_rows2T_512(w, x, in, 3, res); break;
+                case 4: dense_rows2T_512(w, x, in, 4, res); break;
+                case 5: dense_rows2T_512(w, x, in, 5, res); break;
+                case 6: dense_rows2T_512(w, x, in, 6, res); break;
+                case 7: dense_rows2T_512(w, x, in, 7, res); break;
+                default: dense_rows2T_512(w, x, in, 8, res); break;
+                }
+                for (int t = 0; t < T; t++) {
+                    a->y[(t0 + t) * out + r] = res[0][t] + b;
+                    a->y[(t0 + t) * out + r + 1] = res[1][t] + b1;
+                }
+            }
+            r++;
+            continue;
+        }
+        for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
+            const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
+            const float *x = a->x + t0 * in;
+            float res[PS_TILE];
+            switch (T) {
+            case 1: dense_rowT_512(w, x, in, 1, res); break;
+            case 2: dense_rowT_512(w, x, in, 2, res); break;
+            case 3: dense_rowT_512(w, x, in, 3, res); break;
+            case 4: dense_rowT_512(w, x, in, 4, res); break;
+            case 5: dense_rowT_512(w, x, in, 5, res); break;
+            case 6: dense_rowT_512(w, x, in, 6, res); break;
+            case 7: dense_rowT_512(w, x, in, 7, res); break;
+            default: dense_rowT_512(w, x, in, 8, res); break;
+            }
+            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = res[t] + b;
+        }
+    }
+}
+
+/* --------------------------------------------------------------------------------- AVX2 -- */
+
+#define TGT2 __attribute__((target("avx2,fma,f16c,popcnt,bmi,bmi2")))
+
+/* perm8[k][i]: for lane i set in k, the rank of i among k's set bits (where its packed value sits). */
+static uint8_t perm8[256][8];
+
+static void init_perm8(void) {
+    for (int k = 0; k < 256; k++) {
+        int c = 0;
+        for (int i = 0; i < 8; i++) perm8[k][i] = (k >> i & 1) ? (uint8_t)c++ : 0;
+    }
+}
+
+/* 8 raw values (no expand) starting at off, converted to float32. */
+TGT2 PS_INLINE __m256 raw8_256(const void *vals, int64_t off, int dt) {
+    if (dt == PS_F32) return _mm256_loadu_ps((const float *)vals + off);
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)vals + off));
+    return dt == PS_BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+}
+
+/* Emulated expand: load 8 values (a copy near the end of the buffer so nothing is read past nnz),
+ * permute each into its lane by the LUT, zero the lanes whose bit is clear. */
+TGT2 PS_INLINE __m256 expand8(const void *vals, int64_t off, unsigned k, int c, int64_t nnz, int dt) {
+    __m256 v;
+    if (off + 8 <= nnz) {
+        v = raw8_256(vals, off, dt);
+    } else {
+        float tmp[8] = {0};
+        for (int i = 0; i < c; i++) tmp[i] = load_val(vals, off + i, dt);
+        v = _mm256_loadu_ps(tmp);
+    }
+    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)perm8[k]));
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i lm = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)k), bits), bits);
+    return _mm256_and_ps(_mm256_permutevar8x32_ps(v, idx), _mm256_castsi256_ps(lm));
+}
+
+TGT2 PS_INLINE void bm_rowT_256(const ps_args *a, int64_t p, const uint16_t *m, int64_t Wfull, const float *x,
+                                int T, int dt, float *res) {
+    const int64_t in = a->in;
+    __m256 acc[PS_TILE], acc2[PS_TILE];
+    for (int t = 0; t < T; t++) acc[t] = acc2[t] = _mm256_setzero_ps();
+    for (int64_t w = 0; w < Wfull; w++) {
+        const unsigned k = m[w], klo = k & 0xffu, khi = k >> 8;
+        const int clo = popcount16(klo), chi = popcount16(khi);
+        const __m256 w0 = expand8(a->values, p, klo, clo, a->nnz, dt);
+        const __m256 w1 = expand8(a->values, p + clo, khi, chi, a->nnz, dt);
+        p += clo + chi;
+        for (int t = 0; t < T; t++) {
+            const float *xc = x + t * in + 16 * w;
+            acc[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xc), acc[t]);
+            acc2[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xc + 8), acc2[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        const __m256 s = _mm256_add_ps(acc[t], acc2[t]);
+        __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        q = _mm_add_ss(q, _mm_movehdup_ps(q));
+        res[t] = _mm_cvtss_f32(q);
+    }
+    if (in % 16) { /* partial last word: scalar, so the input is never read past in_features */
+        for (unsigned k = m[Wfull]; k; k &= k - 1) {
+            const float v = load_val(a->values, p++, dt);
+            const float *xc = x + 16 * Wfull + ctz16(k);
+            for (int t = 0; t < T; t++) res[t] += v * xc[t * in];
+        }
+    }
+}
+
+TGT2 PS_INLINE void bm_rows_256_dt(const ps_args *a, int64_t r0, int64_t r1, int dt) {
+    const int64_t in = a->in, W = (in + 15) / 16, Wfull = in / 16, n = a->n, out = a->out;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *m = a->mask + r * W;
+        const float b = a->bias ? a->bias[r] : 0.f;
+        for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
+            const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
+            const float *x = a->x + t0 * in;
+            const int64_t p = a->rowoff[r];
+            float res[PS_TILE];
+            switch (T) {
+            case 1: bm_rowT_256(a, p, m, Wfull, x, 1, dt, res); break;
+            case 2: bm_rowT_256(a, p, m, Wfull, x, 2, dt, res); break;
+            case 3: bm_rowT_256(a, p, m, Wfull, x, 3, dt, res); break;
+            case 4: bm_rowT_256(a, p, m, Wfull, x, 4, dt, res); break;
+            case 5: bm_rowT_256(a, p, m, Wfull, x, 5, dt, res); break;
+            case 6: bm_rowT_256(a, p, m, Wfull, x, 6, dt, res); break;
+            case 7: bm_rowT_256(a, p, m, Wfull, x, 7, dt, res); break;
+            default: bm_rowT_256(a, p, m, Wfull, x, 8, dt, res); break;
+            }
+            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = res[t] + b;
+        }
+    }
+}
+
+TGT2 static void bm_rows_256_f32(const ps_args *a, int64_t r0, int64_t r1) { bm_rows_256_dt(a, r0, r1, PS_F32); }
+TGT2 static void bm_rows_256_bf16(const ps_args *a, int64_t r0, int64_t r1) { bm_rows_256_dt(a, r0, r1, PS_BF16); }
+TGT2 static void bm_rows_256_f16(const ps_args *a, int64_t r0, int64_t r1) { bm_rows_256_dt(a, r0, r1, PS_F16); }
+
+/* CSR16 on AVX2: 8-wide gathers per token; the token-vector layout (xt) falls back to scalar code. */
+TGT2 static void csr_rows_256(const ps_args *a, int64_t r0, int64_t r1) {
+    const int64_t in = a->in, n = a->n, out = a->out;
+    const int dt = a->dtype;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t k0 = a->rowoff[r], k1 = a->rowoff[r + 1];
+        const float b = a->bias ? a->bias[r] : 0.f;
+        for (int64_t t = 0; t < n; t++) {
+            const float *x = a->x + t * in;
+            __m256 acc = _mm256_setzero_ps();
+            int64_t k = k0;
+            for (; k + 8 <= k1; k += 8) {
+                const __m256i idx = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(a->cols + k)));
+                acc = _mm256_fmadd_ps(raw8_256(a->values, k, dt), _mm256_i32gather_ps(x, idx, 4), acc);
+            }
+            __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            q = _mm_add_ss(q, _mm_movehdup_ps(q));
+            float s = _mm_cvtss_f32(q);
+            for (; k < k1; k++) s += load_val(a->values, k, dt) * x[a->cols[k]];
+            if (a->xt)
+                a->y[r * n + t] = s + b;
+            else
+                a->y[t * out + r] = s + b;
+        }
+    }
+}
+
+TGT2 static void dense_rows_256(const ps_args *a, int64_t r0, int64_t r1) {
+    const int64_t in = a->in, n = a->n, out = a->out;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *w = (const float *)a->values + r * in;
+        const float b = a->bias ? a->bias[r] : 0.f;
+        for (int64_t t = 0; t < n; t++) {
+            const float *x = a->x + t * in;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+            int64_t j = 0;
+            for (; j + 16 <= in; j += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(x + j + 8), a1);
+            }
+            const __m256 s8 = _mm256_add_ps(a0, a1);
+            __m128 q = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+            q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            q = _mm_add_ss(q, _mm_movehdup_ps(q));
+            float s = _mm_cvtss_f32(q);
+            for (; j < in; j++) s += w[j] * x[j];
+            a->y[t * out + r] = s + b;
+        }
+    }
+}
+#endif /* PS_X86 */
+
+/* ---------------------------------------------------------------------------- dispatch -- */
+
+int ps_has_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int ps_cpu_level(void) {
+    static int level = -1;
+    if (level >= 0) return level;
+    int lv = PS_SCALAR;
+#if defined(PS_X86) && defined(__GNUC__)
+    __builtin_cpu_init();
+    /* __builtin_cpu_supports also checks that the OS saves the wide registers (XCR0) */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt") &&
+        __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("f16c"))
+        lv = PS_AVX2;
+    if (lv == PS_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        lv = PS_AVX512;
+    init_perm8();
+#endif
+    level = lv;
+    return level;
+}
+
+static int check(int isa, const ps_args *a) {
+    if (isa < PS_SCALAR || isa > PS_AVX512 || isa > ps_cpu_level()) return -1;
+    if (a->n < 0 || a->in < 0 || a->out < 0 || a->dtype < PS_F32 || a->dtype > PS_F16) return -2;
+    return 0;
+}
+
+int ps_bitmask_matmul(int isa, int nthreads, const ps_args *a) {
+    const int rc = check(isa, a);
+    if (rc) return rc;
+    if (a->n == 0 || a->out == 0) return 0;
+    ps_rows_fn fn = bm_rows_scalar;
+#ifdef PS_X86
+    static const ps_rows_fn f512[3] = {bm_rows_512_f32, bm_rows_512_bf16, bm_rows_512_f16};
+    static const ps_rows_fn f256[3] = {bm_rows_256_f32, bm_rows_256_bf16, bm_rows_256_f16};
+    if (isa == PS_AVX512) fn = f512[a->dtype];
+    if (isa == PS_AVX2) fn = f256[a->dtype];
+#endif
+    run_rows(fn, a, nthreads);
+    return 0;
+}
+
+int ps_csr16_matmul(int isa, int nthreads, const ps_args *a) {
+    const int rc = check(isa, a);
+    if (rc) return rc;
+    if (a->in > 65536) return -2;
+    if (a->n == 0 || a->out == 0) return 0;
+    ps_rows_fn fn = csr_rows_scalar;
+#ifdef PS_X86
+    static const ps_rows_fn f512[3] = {csr_rows_512_f32, csr_rows_512_bf16, csr_rows_512_f16};
+    if (isa == PS_AVX512) fn = f512[a->dtype];
+    if (isa == PS_AVX2) fn = csr_rows_256;
+#endif
+    run_rows(fn, a, nthreads);
+    return 0;
+}
+
+int ps_dense_matmul(int isa, int nthreads, const ps_args *a) {
+    const int rc = check(isa, a);
+    if (rc) return rc;
+    if (a->dtype != PS_F32) return -2;
+    if (a->n == 0 || a->out == 0) return 0;
+    ps_rows_fn fn = dense_rows_scalar;
+#ifdef PS_X86
+    if (isa == PS_AVX512) fn = dense_rows_512;
+    if (isa == PS_AVX2) fn = dense_rows_256;
+#endif
+    run_rows(fn, a, nthreads);
+    return 0;
+}

@@ -1,0 +1,44 @@
+/* Sparse-weight Linear kernels on raw buffers: no PyTorch, no Python.
+ *
+ * Every kernel computes y = x @ W^T + bias for n input rows ("tokens"), with float32 accumulation,
+ * parallel over output rows with OpenMP.  One build holds every ISA path: the AVX-512 and AVX2 kernels
+ * carry per-function target attributes and the caller picks one at run time (ps_cpu_level()).
+ *
+ * Formats (all row-major, values packed row after row):
+ *   bitmask: mask[out][ceil(in/16)] uint16 (bit j of word w <=> column 16*w + j is non-zero),
+ *            values[nnz], row_offsets[out + 1] int64 (index of each row's first value).
+ *   csr16:   cols[nnz] uint16 column indices, values[nnz], row_offsets[out + 1] int64.
+ *   dense:   w[out][in] float32 (the honest bandwidth reference).
+ */
+#ifndef PRUNESCOPE_KERNELS_H
+#define PRUNESCOPE_KERNELS_H
+
+#include <stdint.h>
+
+enum { PS_F32 = 0, PS_BF16 = 1, PS_F16 = 2 };
+enum { PS_SCALAR = 0, PS_AVX2 = 1, PS_AVX512 = 2 };
+
+typedef struct {
+    int64_t n, in, out;
+    const float *x;         /* n x in float32, row-major */
+    const float *xt;        /* csr16 only: in x n (x transposed); non-NULL selects the token-vector path */
+    const void *values;     /* packed non-zeros (dense: the whole weight), element type = dtype */
+    int64_t nnz;            /* number of elements in values: kernels never read past it */
+    const uint16_t *mask;   /* bitmask only */
+    const uint16_t *cols;   /* csr16 only */
+    const int64_t *rowoff;  /* out + 1 entries (sparse formats) */
+    const float *bias;      /* out entries or NULL */
+    float *y;               /* n x out; csr16 with xt: out x n */
+    int dtype;              /* PS_F32 / PS_BF16 / PS_F16 (dense: PS_F32 only) */
+} ps_args;
+
+/* Highest PS_* level this CPU (and OS) supports. */
+int ps_cpu_level(void);
+/* Non-zero when built with OpenMP. */
+int ps_has_openmp(void);
+/* Return 0 on success, -1 for an ISA this CPU lacks, -2 for a bad argument. */
+int ps_bitmask_matmul(int isa, int nthreads, const ps_args *a);
+int ps_csr16_matmul(int isa, int nthreads, const ps_args *a);
+int ps_dense_matmul(int isa, int nthreads, const ps_args *a);
+
+#endif

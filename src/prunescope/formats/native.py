@@ -1,0 +1,239 @@
+"""Loading, checking and dispatch of the native sparse kernels (`prunescope.formats._bitmask_native`).
+
+The extension is plain C called with raw buffer addresses; this module is the only place that turns
+tensors into addresses, so every check (CPU, dtype, contiguity, shape) lives here.
+
+Kernel paths: ``avx512``, ``avx2``, ``scalar`` (native, chosen at run time from the CPU's features) and
+``torch`` (pure-PyTorch reference, always available, used when the extension did not build).  The
+environment variable ``PRUNESCOPE_KERNEL`` forces one path for every call that does not name one.
+
+OpenMP: the extension links libgomp dynamically and this module imports torch before it, so the loader
+binds the extension to the libgomp torch has already mapped (torch's wheel ships ``torch/lib/libgomp.so.1``
+with soname ``libgomp.so.1``); `openmp_runtimes()` lists the mapped runtimes so tests can assert there is
+exactly one.  Each call passes ``torch.get_num_threads()`` so the kernels use torch's thread count.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch  # must precede the extension import: see the module docstring
+
+from ..errors import PrunescopeError
+
+try:
+    from . import _bitmask_native as _ext  # type: ignore[attr-defined]
+
+    IMPORT_ERROR: str | None = None
+except ImportError as _error:  # no compiler at install time, or a foreign platform
+    _ext = None
+    IMPORT_ERROR = str(_error)
+
+ENV_VAR = "PRUNESCOPE_KERNEL"
+KERNELS = ("avx512", "avx2", "scalar", "torch")
+_ISA = {"scalar": 0, "avx2": 1, "avx512": 2}
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+# csr16 with more tokens than this transposes x, so each non-zero is one broadcast FMA over 16 tokens;
+# measured on Zen 4: one 16-lane gather per token loses from n = 2 on (2x slower at n = 4, 5x at n = 16)
+CSR_GATHER_MAX_TOKENS = 1
+
+
+def available() -> bool:
+    """Whether the native extension is importable."""
+    return _ext is not None
+
+
+def cpu_level() -> int:
+    """0 scalar, 1 AVX2, 2 AVX-512; -1 without the extension."""
+    return _ext.cpu_level() if _ext is not None else -1
+
+
+def has_openmp() -> bool:
+    return bool(_ext is not None and _ext.has_openmp())
+
+
+# The CPU does not change under a running process: computed once, as resolve_kernel runs on every call.
+_AVAILABLE = tuple(name for name in ("avx512", "avx2", "scalar") if 0 <= _ISA[name] <= cpu_level()) + (
+    "torch",
+)
+
+
+def available_kernels() -> list[str]:
+    """Kernel paths usable on this machine, fastest first; ``torch`` is always last."""
+    return list(_AVAILABLE)
+
+
+def best_kernel() -> str:
+    return _AVAILABLE[0]
+
+
+def resolve_kernel(kernel: str | None = None) -> str:
+    """The path a call uses: the argument, else ``$PRUNESCOPE_KERNEL``, else the best one available."""
+    name = kernel or os.environ.get(ENV_VAR) or _AVAILABLE[0]
+    if name in _AVAILABLE:  # the per-call fast path
+        return name
+    name = name.strip().lower()
+    if name in _AVAILABLE:
+        return name
+    if name not in KERNELS:
+        raise PrunescopeError(
+            f"unknown kernel {name!r} (from {ENV_VAR} or argument); choose one of {KERNELS}"
+        )
+    if name not in available_kernels():
+        why = f"the native extension is not built ({IMPORT_ERROR})" if _ext is None else "this CPU lacks it"
+        raise PrunescopeError(f"kernel {name!r} is not available: {why}")
+    return name
+
+
+def num_threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def openmp_runtimes() -> list[str]:
+    """Paths of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        return []
+    return sorted(p for p in paths if p.startswith("/"))
+
+
+def check_cpu(*tensors: torch.Tensor | None) -> None:
+    for t in tensors:
+        if t is not None and not t.is_cpu:
+            raise PrunescopeError(f"the bitmask/csr16 kernels run on CPU only, got a tensor on {t.device}")
+
+
+def _addr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _prepare(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, in_features: int):
+    check_cpu(x, values, bias)
+    if values.dtype not in DTYPE_CODES:
+        raise PrunescopeError(f"unsupported weight dtype {values.dtype}; use float32, bfloat16 or float16")
+    if x.dim() != 2 or x.shape[1] != in_features:
+        raise PrunescopeError(f"expected input (n, {in_features}), got {tuple(x.shape)}")
+    # each conversion only when needed: these run on every decode step, where microseconds count
+    if x.dtype != torch.float32:
+        x = x.float()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        bias = bias.float().contiguous()
+    if not values.is_contiguous():
+        values = values.contiguous()
+    return x, values, bias
+
+
+def bitmask_matmul(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    row_offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    kernel: str,
+) -> torch.Tensor:
+    """y (n, out) float32 = x (n, in) @ W^T + bias on a native path (`kernel` already resolved)."""
+    x, values, bias = _prepare(x, values, bias, in_features)
+    out = row_offsets.numel() - 1
+    if (
+        mask.dtype != torch.int16
+        or row_offsets.dtype != torch.int64
+        or mask.shape != (out, (in_features + 15) // 16)
+    ):
+        raise PrunescopeError(
+            "corrupt bitmask buffers (mask must be int16 (out, ceil(in/16)), offsets int64)"
+        )
+    if not (mask.is_contiguous() and row_offsets.is_contiguous()):
+        mask, row_offsets = mask.contiguous(), row_offsets.contiguous()
+    y = torch.empty(x.shape[0], out, dtype=torch.float32)
+    _ext.bitmask_matmul(
+        _ISA[kernel],
+        num_threads(),
+        DTYPE_CODES[values.dtype],
+        x.shape[0],
+        in_features,
+        out,
+        _addr(x),
+        _addr(values),
+        values.numel(),
+        _addr(mask),
+        _addr(row_offsets),
+        _addr(bias),
+        _addr(y),
+    )
+    return y
+
+
+def csr16_matmul(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    col_indices: torch.Tensor,
+    row_offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    kernel: str,
+) -> torch.Tensor:
+    """y (n, out) float32 = x (n, in) @ W^T + bias for CSR with uint16 columns (stored as int16)."""
+    x, values, bias = _prepare(x, values, bias, in_features)
+    out = row_offsets.numel() - 1
+    if col_indices.dtype != torch.int16 or row_offsets.dtype != torch.int64 or in_features > 65536:
+        raise PrunescopeError(
+            "corrupt csr16 buffers (columns must be int16, offsets int64, in_features <= 65536)"
+        )
+    if not (col_indices.is_contiguous() and row_offsets.is_contiguous()):
+        col_indices, row_offsets = col_indices.contiguous(), row_offsets.contiguous()
+    n = x.shape[0]
+    transposed = kernel == "avx512" and n > CSR_GATHER_MAX_TOKENS
+    xt = x.t().contiguous() if transposed else None
+    y = torch.empty((out, n) if transposed else (n, out), dtype=torch.float32)
+    _ext.csr16_matmul(
+        _ISA[kernel],
+        num_threads(),
+        DTYPE_CODES[values.dtype],
+        n,
+        in_features,
+        out,
+        _addr(x),
+        _addr(xt),
+        _addr(values),
+        values.numel(),
+        _addr(col_indices),
+        _addr(row_offsets),
+        _addr(bias),
+        _addr(y),
+    )
+    # the op promises a contiguous (n, out) result, as its fake implementation says
+    return y.t().contiguous() if transposed else y
+
+
+def dense_matmul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel: str | None = None
+) -> torch.Tensor:
+    """The C dense GEMV/GEMM with the same structure and threading: the honest benchmark reference."""
+    kernel = resolve_kernel(kernel)
+    check_cpu(x, weight, bias)
+    if kernel == "torch":
+        return torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    if weight.dtype != torch.float32:
+        raise PrunescopeError("the dense reference kernel takes a float32 weight")
+    out, in_features = weight.shape
+    x = x.to(torch.float32).contiguous()
+    weight = weight.contiguous()
+    bias = bias.to(torch.float32).contiguous() if bias is not None else None
+    y = torch.empty(x.shape[0], out, dtype=torch.float32)
+    _ext.dense_matmul(
+        _ISA[kernel],
+        num_threads(),
+        x.shape[0],
+        in_features,
+        out,
+        _addr(x),
+        _addr(weight),
+        _addr(bias),
+        _addr(y),
+    )
+    return y

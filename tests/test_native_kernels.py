@@ -1,0 +1,231 @@
+"""bitmask and csr16 formats: every kernel path against F.linear, round trips, byte accounting, dispatch."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prunescope.errors import PrunescopeError
+from prunescope.formats import native
+from prunescope.formats.auto import choose_format
+from prunescope.formats.bitmask import BitmaskLinear, pack_mask, unpack_mask
+from prunescope.formats.csr16 import CSR16Linear
+
+FORMATS = {"bitmask": BitmaskLinear, "csr16": CSR16Linear}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+NATIVE = ["avx512", "avx2", "scalar"]
+PROPERTY = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def _pruned(out: int, inp: int, sparsity: float, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out, inp, generator=g)
+    w[torch.rand(out, inp, generator=g) < sparsity] = 0
+    return w.to(dtype)
+
+
+def _check_close(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    xf, wf = x.float(), w.float()
+    ref = F.linear(xf, wf, None if b is None else b.float())
+    # float32 accumulation in a different order: bound the error by the magnitude of the summed products
+    scale = F.linear(xf.abs(), wf.abs(), None if b is None else b.float().abs())
+    assert ((y.float() - ref).abs() <= 2e-5 * scale + 1e-6).all(), (y.float() - ref).abs().max()
+
+
+def _skip_unless(kernel: str) -> None:
+    if kernel not in native.available_kernels():
+        why = "native extension not built" if not native.available() else f"this CPU lacks {kernel}"
+        pytest.skip(f"kernel {kernel!r} unavailable: {why}")
+
+
+def _available_paths() -> list[str]:
+    return native.available_kernels()
+
+
+@PROPERTY
+@given(
+    fmt=st.sampled_from(sorted(FORMATS)),
+    dtype=st.sampled_from(DTYPES),
+    out=st.integers(1, 70),
+    inp=st.one_of(st.integers(1, 300), st.sampled_from([16, 64, 65, 127, 256, 1000])),
+    sparsity=st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0)),
+    n=st.one_of(st.integers(1, 9), st.sampled_from([16, 17, 33, 70])),
+    lead=st.sampled_from([(), (2,), (1, 3)]),
+    use_bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_every_path_matches_f_linear(fmt, dtype, out, inp, sparsity, n, lead, use_bias, seed):
+    w = _pruned(out, inp, sparsity, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    b = torch.randn(out, generator=g).to(dtype) if use_bias else None
+    x = torch.randn(*lead, n, inp, generator=g)
+    module = FORMATS[fmt].from_dense(w, b)
+    assert torch.equal(module.to_dense(), w)
+    for kernel in _available_paths():
+        module.kernel = kernel
+        y = module(x)
+        assert y.shape == (*lead, n, out) and y.dtype == torch.float32
+        _check_close(y, x, w, b)
+
+
+@PROPERTY
+@given(
+    fmt=st.sampled_from(sorted(FORMATS)),
+    dtype=st.sampled_from(DTYPES),
+    out=st.integers(1, 40),
+    inp=st.integers(1, 200),
+    sparsity=st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0)),
+    seed=st.integers(0, 2**16),
+)
+def test_round_trip_and_bytes(fmt, dtype, out, inp, sparsity, seed):
+    w = _pruned(out, inp, sparsity, dtype, seed)
+    module = FORMATS[fmt].from_dense(w, torch.ones(out, dtype=dtype))
+    dense = module.to_dense()
+    assert dense.dtype == dtype and torch.equal(dense, w)
+    nnz = int((w != 0).sum())
+    assert module.nnz == nnz and module.dtype == dtype
+    elsize = torch.empty(0, dtype=dtype).element_size()
+    index = {"mask": out * ((inp + 15) // 16) * 2} if fmt == "bitmask" else {"col_indices": nnz * 2}
+    assert module.weight_bytes() == {"values": nnz * elsize, **index, "row_offsets": (out + 1) * 8}
+    assert module.stored_bytes() == sum(module.weight_bytes().values()) + out * elsize
+
+
+def test_mask_bit_order_and_sign_bit():
+    nz = torch.zeros(2, 33, dtype=torch.bool)
+    nz[0, 0] = nz[0, 15] = nz[1, 16] = nz[1, 32] = True
+    words = pack_mask(nz)
+    assert words.dtype == torch.int16 and words.shape == (2, 3)
+    assert (words.to(torch.int32) & 0xFFFF).tolist() == [[0x8001, 0, 0], [0, 1, 1]]
+    assert torch.equal(unpack_mask(words, 33), nz)
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2", "scalar", "torch"])
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forced_path_via_env(monkeypatch, kernel, fmt, dtype):
+    _skip_unless(kernel)
+    monkeypatch.setenv(native.ENV_VAR, kernel)
+    assert native.resolve_kernel() == kernel
+    # shapes that reach the unrolled main loops, the 16-column tail and the multi-token tiles
+    w = _pruned(67, 1000, 0.6, dtype, seed=3)
+    b = torch.randn(67).to(dtype)
+    module = FORMATS[fmt].from_dense(w, b)
+    for n in (1, 5, 8, 12, 40):
+        x = torch.randn(2, n, 1000)
+        _check_close(module(x), x, w, b)
+
+
+def test_reduced_precision_input_gives_same_dtype_output():
+    w = _pruned(24, 48, 0.5, torch.bfloat16, seed=0)
+    module = BitmaskLinear.from_dense(w)
+    x = torch.randn(3, 48).to(torch.bfloat16)
+    y = module(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, F.linear(x.float(), w.float()).to(torch.bfloat16))
+
+
+def test_bad_kernel_name_and_unavailable_path(monkeypatch):
+    monkeypatch.setenv(native.ENV_VAR, "sse9")
+    with pytest.raises(PrunescopeError, match="unknown kernel"):
+        BitmaskLinear.from_dense(torch.ones(2, 2))(torch.ones(1, 2))
+    missing = [k for k in native.KERNELS if k not in native.available_kernels()]
+    if missing:
+        monkeypatch.setenv(native.ENV_VAR, missing[0])
+        with pytest.raises(PrunescopeError, match="not available"):
+            BitmaskLinear.from_dense(torch.ones(2, 2))(torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_cpu_only_and_shape_errors(fmt):
+    module = FORMATS[fmt].from_dense(torch.ones(3, 4))
+    with pytest.raises(PrunescopeError, match="CPU only"):
+        module(torch.ones(1, 4, device="meta"))
+    with pytest.raises(PrunescopeError, match="last dim"):
+        module(torch.ones(1, 5))
+    with pytest.raises(PrunescopeError, match="CPU only"):
+        FORMATS[fmt].check_support(torch.float32, torch.device("meta"))
+    with pytest.raises(PrunescopeError, match="dtype"):
+        FORMATS[fmt].from_dense(torch.ones(3, 4, dtype=torch.float64))
+
+
+def test_csr16_rejects_wide_layers():
+    with pytest.raises(PrunescopeError, match="65536"):
+        CSR16Linear.from_dense(torch.zeros(1, 65537))
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_state_dict_and_to(fmt):
+    w = _pruned(9, 40, 0.5, torch.float32, seed=1)
+    a = FORMATS[fmt].from_dense(w, torch.randn(9))
+    other = FORMATS[fmt].from_dense(2 * w, torch.zeros(9))  # same sparsity pattern, so same buffer shapes
+    other.load_state_dict(a.state_dict())
+    assert torch.equal(other.to_dense(), w) and torch.equal(other.bias, a.bias)
+    half = a.to(torch.bfloat16)
+    assert half.values.dtype == torch.bfloat16 and half.row_offsets.dtype == torch.int64
+    assert torch.equal(half.to_dense(), w.to(torch.bfloat16))
+
+
+def test_single_openmp_runtime():
+    if not native.available() or not native.has_openmp() or not sys.platform.startswith("linux"):
+        pytest.skip("needs the native extension built with OpenMP on Linux")
+    module = BitmaskLinear.from_dense(_pruned(256, 512, 0.5, torch.float32, seed=0))
+    module(torch.randn(4, 512))  # the kernels ran: their OpenMP runtime is certainly mapped
+    F.linear(torch.randn(64, 512), torch.randn(256, 512))
+    runtimes = native.openmp_runtimes()
+    assert len([p for p in runtimes if "gomp" in p or "iomp" in p or "libomp" in p]) == 1, runtimes
+
+
+def test_auto_picks_a_candidate_with_matching_output():
+    w = _pruned(96, 256, 0.7, torch.float32, seed=2)
+    b = torch.randn(96)
+    for candidates in (("dense", "bitmask", "csr16"), ("bitmask", "csr16")):
+        module = choose_format(w, b, n_tokens=4, candidates=candidates, repeats=3)
+        assert module.auto_choice in candidates
+        assert set(module.auto_timings) == set(candidates)
+        x = torch.randn(2, 4, 256)
+        _check_close(module(x), x, w, b)
+    with pytest.raises(PrunescopeError, match="candidate"):
+        choose_format(w, b, candidates=("coo",))
+
+
+def test_custom_ops_under_torch_compile():
+    try:
+        import torch._inductor.config  # noqa: F401
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as error:  # noqa: BLE001 - any reason inductor cannot build CPU code here
+        pytest.skip(f"torch.compile (inductor) unavailable: {error}")
+    w = _pruned(32, 80, 0.5, torch.float32, seed=4)
+    b = torch.randn(32)
+    model = torch.nn.Sequential(
+        BitmaskLinear.from_dense(w, b), torch.nn.ReLU(), CSR16Linear.from_dense(w.T[:32].contiguous())
+    )
+    x = torch.randn(2, 3, 80)
+    expected = model(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(x), expected)
+    assert torch.ops.prunescope.bitmask_linear.default is not None
+    assert torch.ops.prunescope.csr16_linear.default is not None
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2", "scalar", "torch"])
+def test_dense_reference_kernel(kernel):
+    _skip_unless(kernel)
+    for out, inp in ((1, 1), (5, 17), (67, 1000), (130, 64)):
+        w = _pruned(out, inp, 0.0, torch.float32, seed=out)
+        b = torch.randn(out)
+        for n in (1, 2, 7, 8, 11):
+            x = torch.randn(n, inp)
+            _check_close(native.dense_matmul(x, w, b, kernel), x, w, b)
