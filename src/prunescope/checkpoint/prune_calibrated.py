@@ -1,0 +1,92 @@
+"""Wanda / SparseGPT on a checkpoint that need not fit in memory: one decoder block resident at a time.
+
+The module tree lives on the meta device. Only the modules in front of the decoder blocks (embeddings) are
+loaded to capture block 0's inputs; then each block's weights are read from the checkpoint, its
+projections pruned by the same engine as the in-memory path (`pruning.calibrated`: statistics from the
+calibration activations, then the per-layer prune), its tensors written out, its outputs computed for the
+next block, and its weights dropped back to meta. Peak memory: one block (in float32), its largest layer's
+scoring temporaries and one block's calibration activations; the embeddings only while block 0's inputs
+are captured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from accelerate.utils import set_module_tensor_to_device
+from torch import nn
+
+from ..layers import linear_shape, linear_weight
+from ..progress import track
+from ..pruning.calibrated import _METHODS, _accumulate, _layers_by_block, capture_block_inputs, find_blocks
+from ..pruning.spec import PruneSpec
+from .heap import trim_heap
+from .safetensors_io import Checkpoint
+
+
+def _load(model: nn.Module, checkpoint: Checkpoint, param: str, tensor: str) -> None:
+    # Calibration runs in float32 whatever the stored dtype, as `prunescope study` does on CPU.
+    set_module_tensor_to_device(model, param, "cpu", value=checkpoint.read(tensor).float())
+
+
+@torch.no_grad()
+def prune_blocks(
+    model: nn.Module,
+    checkpoint: Checkpoint,
+    to_tensor: dict[str, str],
+    layers: dict[str, nn.Module],
+    spec: PruneSpec,
+    calibration: list[torch.Tensor],
+    write_block: Callable[[int, dict[str, torch.Tensor]], None],
+    progress: bool = True,
+) -> dict[str, int]:
+    """Prune block by block; `write_block(i, {tensor: pruned (out, in) weight})` runs after block i.
+
+    `to_tensor`: parameter name -> checkpoint tensor (tied aliases excluded). Returns pruned counts.
+    """
+    stats_class, prune_layer = _METHODS[spec.method]
+    blocks_name, blocks = find_blocks(model, layers)
+    prefix = f"{blocks_name}."
+    per_block = _layers_by_block(layers, blocks_name, len(blocks))
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skip = {id(p) for p in output.parameters()} if output is not None else set()
+    if hasattr(model, "get_input_embeddings"):  # a tied lm_head is the embedding: that one is needed
+        skip -= {id(p) for p in model.get_input_embeddings().parameters()}
+    front = [
+        name
+        for name, param in model.named_parameters()
+        # Only what runs before block 0 is needed to capture its inputs; the lm_head never runs here.
+        if not name.startswith(prefix) and id(param) not in skip and name in to_tensor
+    ]
+    for name in front:
+        _load(model, checkpoint, name, to_tensor[name])
+    inputs = capture_block_inputs(model, blocks[0], calibration)
+    for name in front:  # the embeddings are not needed any more: only blocks run from here on
+        set_module_tensor_to_device(model, name, "meta")
+    trim_heap()
+    pruned: dict[str, int] = {}
+    last = max(i for i, block_layers in enumerate(per_block) if block_layers)
+    for index in track(range(last + 1), f"{spec.method} blocks", enabled=progress):
+        block, block_layers = blocks[index], per_block[index]
+        block_prefix = f"{prefix}{index}."
+        for name, _ in block.named_parameters():
+            _load(model, checkpoint, block_prefix + name, to_tensor[block_prefix + name])
+        if block_layers:
+            stats = {
+                name: stats_class(linear_shape(module)[1], linear_weight(module).device)
+                for name, module in block_layers.items()
+            }
+            _accumulate(block, inputs, stats, block_layers)
+            for name, module in block_layers.items():
+                change = prune_layer(module, stats.pop(name), spec)
+                pruned[name] = int(change.mask.sum())
+                del change
+                trim_heap()
+            write_block(index, {name: linear_weight(module) for name, module in block_layers.items()})
+        if index < last:
+            for item in inputs:
+                item.hidden = item.call(block)
+        block.to("meta")  # drop this block's weights: the next one takes their place
+        trim_heap()
+    return pruned
