@@ -38,7 +38,10 @@ class Behaviour:
 @torch.no_grad()
 def log_probs(model: nn.Module, batch: Batch) -> torch.Tensor:
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return torch.log_softmax(out.logits.float(), dim=-1)
+    logits = out.logits.float()
+    del out
+    # In place: a (batch, length, vocab) tensor is the largest thing a study holds; never keep two.
+    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
 
 
 class DenseReference:
@@ -74,21 +77,21 @@ class _Sums:
 
 
 def _accumulate(sums: _Sums, dense: torch.Tensor, variant: torch.Tensor, batch: Batch) -> None:
-    real = batch.attention_mask.bool()
-    d, v = dense[real], variant[real]  # (positions, vocab)
-    sums.agree += float((d.argmax(-1) == v.argmax(-1)).sum())
-    k = min(TOP_K, d.shape[-1])
-    top_d, top_v = d.topk(k, dim=-1).indices, v.topk(k, dim=-1).indices
-    sums.overlap += float((top_d.unsqueeze(-1) == top_v.unsqueeze(-2)).any(-1).sum()) / k
-    # KL(p||q) = sum p (log p - log q); 0 * log 0 terms are 0 (xlogy semantics via where).
-    p = d.exp()
-    sums.kl += float(torch.where(p > 0, p * (d - v), torch.zeros_like(p)).sum())
-    sums.positions += int(real.sum())
-    # Next-token loss: a position predicts the following token only when both are real.
-    has_next = real[:, :-1] & real[:, 1:]
-    targets = batch.input_ids[:, 1:][has_next]
-    sums.nll -= float(variant[:, :-1][has_next].gather(-1, targets.unsqueeze(-1)).sum())
-    sums.predicted += int(has_next.sum())
+    # Row by row over views: vocabulary-sized temporaries stay one window large, whatever the batch.
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    for row, length in enumerate(lengths):
+        d, v = dense[row, :length], variant[row, :length]  # (positions, vocab), real tokens only
+        sums.agree += int((d.argmax(-1) == v.argmax(-1)).sum())
+        k = min(TOP_K, d.shape[-1])
+        top_d, top_v = d.topk(k, dim=-1).indices, v.topk(k, dim=-1).indices
+        sums.overlap += int((top_d.unsqueeze(-1) == top_v.unsqueeze(-2)).any(-1).sum()) / k
+        # KL(p||q) = sum p (log p - log q), with 0·log 0 = 0.
+        sums.kl += float(nn.functional.kl_div(v, d, reduction="sum", log_target=True))
+        sums.positions += length
+        # Next-token loss: each real position but the last predicts the following real token.
+        targets = batch.input_ids[row, 1:length]
+        sums.nll -= float(v[:-1].gather(-1, targets.unsqueeze(-1)).sum())
+        sums.predicted += length - 1
 
 
 def _finish(sums: _Sums, seconds: float) -> Behaviour:

@@ -155,6 +155,21 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+# A forward pass returns (batch, seqlen, vocab) float32 logits: with a 50k vocabulary a batch of 8 x 256
+# would be 400 MB, as much as a 100M-parameter model. Batches are cut to stay within this budget.
+LOGITS_BUDGET_BYTES = 64 * 2**20
+
+
+def logits_width(model) -> int:
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return getattr(output, "out_features", None) or model.config.vocab_size
+
+
+def fit_batch_size(requested: int, seqlen: int, vocab: int) -> int:
+    """The requested batch size, reduced so one batch's logits fit LOGITS_BUDGET_BYTES (at least 1)."""
+    return max(1, min(requested, LOGITS_BUDGET_BYTES // (seqlen * vocab * 4)))
+
+
 def _variant_row(model, pruned: list[str], behaviour: Behaviour, name: str, context: int) -> VariantResult:
     layers = layer_table(model)
     summary = global_summary(layers, pruned)
@@ -196,7 +211,8 @@ class Workbench:
         self.last_record_bytes = 0
         self.texts = load_texts(config.corpus, config.model)
         self.windows = tokenize_windows(self.loaded.tokenizer, self.texts, self.seqlen, config.max_tokens)
-        self.batches = make_batches(self.windows, config.batch_size, self.loaded.tokenizer.pad_token_id)
+        self.batch_size = fit_batch_size(config.batch_size, self.seqlen, logits_width(self.model))
+        self.batches = make_batches(self.windows, self.batch_size, self.loaded.tokenizer.pad_token_id)
         self._calibration: dict[tuple[int, int], list[torch.Tensor]] = {}
         self.work_dir = Path(work_dir) if work_dir is not None else None
         start = time.perf_counter()
@@ -275,6 +291,7 @@ class Workbench:
             },
             "evaluation": {
                 "seqlen": self.seqlen,
+                "batch_size": self.batch_size,
                 "documents": len(self.texts),
                 "windows": len(self.windows),
                 "tokens": sum(len(w) for w in self.windows),

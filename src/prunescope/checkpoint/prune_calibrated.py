@@ -17,9 +17,9 @@ import torch
 from accelerate.utils import set_module_tensor_to_device
 from torch import nn
 
-from ..layers import linear_shape, linear_weight
+from ..layers import linear_weight
 from ..progress import track
-from ..pruning.calibrated import _METHODS, _accumulate, _layers_by_block, capture_block_inputs, find_blocks
+from ..pruning.calibrated import capture_block_inputs, find_blocks, layers_by_block, prune_block
 from ..pruning.spec import PruneSpec
 from .heap import trim_heap
 from .safetensors_io import Checkpoint
@@ -45,10 +45,9 @@ def prune_blocks(
 
     `to_tensor`: parameter name -> checkpoint tensor (tied aliases excluded). Returns pruned counts.
     """
-    stats_class, prune_layer = _METHODS[spec.method]
     blocks_name, blocks = find_blocks(model, layers)
     prefix = f"{blocks_name}."
-    per_block = _layers_by_block(layers, blocks_name, len(blocks))
+    per_block = layers_by_block(layers, blocks_name, len(blocks))
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     skip = {id(p) for p in output.parameters()} if output is not None else set()
     if hasattr(model, "get_input_embeddings"):  # a tied lm_head is the embedding: that one is needed
@@ -73,13 +72,7 @@ def prune_blocks(
         for name, _ in block.named_parameters():
             _load(model, checkpoint, block_prefix + name, to_tensor[block_prefix + name])
         if block_layers:
-            stats = {
-                name: stats_class(linear_shape(module)[1], linear_weight(module).device)
-                for name, module in block_layers.items()
-            }
-            _accumulate(block, inputs, stats, block_layers)
-            for name, module in block_layers.items():
-                change = prune_layer(module, stats.pop(name), spec)
+            for name, change in prune_block(block, block_layers, inputs, spec):
                 pruned[name] = int(change.mask.sum())
                 del change
                 trim_heap()

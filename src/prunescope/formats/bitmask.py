@@ -114,14 +114,7 @@ class BitmaskLinear(SparseLinear):
 
     @classmethod
     def check_support(cls, dtype: torch.dtype, device: torch.device) -> None:
-        if torch.device(device).type != "cpu":
-            raise PrunescopeError(
-                f"format {cls.format_name!r} runs on CPU only, not {torch.device(device).type}"
-            )
-        if dtype not in native.DTYPE_CODES:
-            raise PrunescopeError(
-                f"format {cls.format_name!r} supports float32, bfloat16 and float16, not {dtype}"
-            )
+        native.check_support(cls.format_name, dtype, device)
 
     @classmethod
     @torch.no_grad()

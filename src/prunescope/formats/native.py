@@ -237,3 +237,11 @@ def dense_matmul(
         _addr(y),
     )
     return y
+
+
+def check_support(format_name: str, dtype: torch.dtype, device: torch.device | str) -> None:
+    """The native formats run on CPU tensors of the dtypes the C kernels know."""
+    if torch.device(device).type != "cpu":
+        raise PrunescopeError(f"format {format_name!r} runs on CPU only, not {torch.device(device).type}")
+    if dtype not in DTYPE_CODES:
+        raise PrunescopeError(f"format {format_name!r} supports float32, bfloat16 and float16, not {dtype}")

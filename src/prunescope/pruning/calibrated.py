@@ -12,7 +12,7 @@ Peak memory is the model plus one block's inputs and outputs for all samples, ne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,9 +99,7 @@ def find_blocks(model: nn.Module, layers: dict[str, nn.Module]) -> tuple[str, nn
     return name, blocks
 
 
-def _layers_by_block(
-    layers: dict[str, nn.Module], blocks_name: str, count: int
-) -> list[dict[str, nn.Module]]:
+def layers_by_block(layers: dict[str, nn.Module], blocks_name: str, count: int) -> list[dict[str, nn.Module]]:
     prefix = f"{blocks_name}." if blocks_name else ""
     grouped: list[dict[str, nn.Module]] = [{} for _ in range(count)]
     for name, module in layers.items():
@@ -177,6 +175,23 @@ def _check_samples(model: nn.Module, samples: Sequence[torch.Tensor]) -> None:
 
 
 @torch.no_grad()
+def prune_block(
+    block: nn.Module, block_layers: dict[str, nn.Module], inputs: list, spec: PruneSpec
+) -> Iterator[tuple[str, LayerChange]]:
+    """Collect the block's statistics over all samples, then prune its layers one by one (lazily, so a
+    caller that streams to disk can release each layer's record before the next)."""
+    if not block_layers:
+        return
+    stats_class, prune_layer = _METHODS[spec.method]
+    stats = {
+        name: stats_class(linear_shape(module)[1], linear_weight(module).device)
+        for name, module in block_layers.items()
+    }
+    _accumulate(block, inputs, stats, block_layers)
+    for name, module in block_layers.items():
+        yield name, prune_layer(module, stats.pop(name), spec)
+
+
 def prune_calibrated(
     model: nn.Module,
     layers: dict[str, nn.Module],
@@ -190,23 +205,15 @@ def prune_calibrated(
     if not calibration:
         raise PrunescopeError(f"{spec.method} needs calibration data; none was given")
     _check_samples(model, calibration)
-    stats_class, prune_layer = _METHODS[spec.method]
     blocks_name, blocks = find_blocks(model, layers)
-    per_block = _layers_by_block(layers, blocks_name, len(blocks))
+    per_block = layers_by_block(layers, blocks_name, len(blocks))
 
     inputs = capture_block_inputs(model, blocks[0], calibration)
     changes: dict[str, LayerChange] = {}
     last = max(i for i, block_layers in enumerate(per_block) if block_layers)
     for index in track(range(last + 1), f"{spec.method} blocks", enabled=progress):
         block, block_layers = blocks[index], per_block[index]
-        if block_layers:
-            stats = {
-                name: stats_class(linear_shape(module)[1], linear_weight(module).device)
-                for name, module in block_layers.items()
-            }
-            _accumulate(block, inputs, stats, block_layers)
-            for name, module in block_layers.items():
-                changes[name] = prune_layer(module, stats.pop(name), spec)
+        changes.update(prune_block(block, block_layers, inputs, spec))
         if index < last:  # the pruned block's outputs feed the next block
             for item in inputs:
                 item.hidden = item.call(block)
