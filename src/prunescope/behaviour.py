@@ -76,21 +76,28 @@ class _Sums:
     predicted: int = 0
 
 
+_CHUNK_POSITIONS = 64  # vocabulary-sized temporaries are this many positions tall, whatever the batch
+
+
 def _accumulate(sums: _Sums, dense: torch.Tensor, variant: torch.Tensor, batch: Batch) -> None:
-    # Row by row over views: vocabulary-sized temporaries stay one window large, whatever the batch.
     lengths = batch.attention_mask.sum(dim=1).tolist()
     for row, length in enumerate(lengths):
-        d, v = dense[row, :length], variant[row, :length]  # (positions, vocab), real tokens only
-        sums.agree += int((d.argmax(-1) == v.argmax(-1)).sum())
-        k = min(TOP_K, d.shape[-1])
-        top_d, top_v = d.topk(k, dim=-1).indices, v.topk(k, dim=-1).indices
-        sums.overlap += int((top_d.unsqueeze(-1) == top_v.unsqueeze(-2)).any(-1).sum()) / k
-        # KL(p||q) = sum p (log p - log q), with 0·log 0 = 0.
-        sums.kl += float(nn.functional.kl_div(v, d, reduction="sum", log_target=True))
-        sums.positions += length
-        # Next-token loss: each real position but the last predicts the following real token.
+        # Right padding: the real tokens of a row are its first `length` positions.
         targets = batch.input_ids[row, 1:length]
-        sums.nll -= float(v[:-1].gather(-1, targets.unsqueeze(-1)).sum())
+        for start in range(0, length, _CHUNK_POSITIONS):
+            stop = min(start + _CHUNK_POSITIONS, length)
+            d, v = dense[row, start:stop], variant[row, start:stop]  # views: (positions, vocab)
+            sums.agree += int((d.argmax(-1) == v.argmax(-1)).sum())
+            k = min(TOP_K, d.shape[-1])
+            top_d, top_v = d.topk(k, dim=-1).indices, v.topk(k, dim=-1).indices
+            sums.overlap += int((top_d.unsqueeze(-1) == top_v.unsqueeze(-2)).any(-1).sum()) / k
+            # KL(p||q) = sum p (log p - log q), with 0·log 0 = 0.
+            sums.kl += float(nn.functional.kl_div(v, d, reduction="sum", log_target=True))
+            # Next-token loss: each real position but the last predicts the following real token.
+            predicting = v[: max(0, min(stop, length - 1) - start)]
+            chunk_targets = targets[start : start + predicting.shape[0]]
+            sums.nll -= float(predicting.gather(-1, chunk_targets.unsqueeze(-1)).sum())
+        sums.positions += length
         sums.predicted += length - 1
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import PrunescopeError
+from .heap import own_storage
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -107,6 +108,7 @@ def load_model(model: str = "demo", dtype: str = "auto", device: str = "auto") -
             f"{model!r} is not a causal language model: {str(error).splitlines()[0]}"
         ) from None
     loaded.to(resolved_device)
+    own_storage(loaded)  # weights we prune and swap must be ours to write and free, not the file's
     loaded.eval()
     loaded.requires_grad_(False)
     if tokenizer.pad_token_id is None:

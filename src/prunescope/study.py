@@ -264,6 +264,9 @@ class Workbench:
                     behaviour = compare(self.model, self.batches, self.reference, "masked", self.progress)
                     results[variant] = _variant_row(self.model, pruned, behaviour, variant, self.seqlen)
                 else:
+                    if self.work_dir is not None:
+                        self.work_dir.mkdir(parents=True, exist_ok=True)
+                        record.spill(self.work_dir / "prune_record.pt")
                     conversion = convert(self.model, pruned, variant)
                     try:
                         behaviour = compare(self.model, self.batches, self.reference, variant, self.progress)
@@ -272,9 +275,11 @@ class Workbench:
                         conversion.revert()
                 timings[f"variant_{variant}"] = time.perf_counter() - start
             if while_pruned is not None:
+                record.unspill()
                 while_pruned(record)
         finally:
             if record is not None:
+                record.unspill()
                 restore(self.model, record)
         return results, timings
 

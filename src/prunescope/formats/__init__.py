@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunescopeError
+from ..heap import trim_heap
 from ..layers import Conv1D, linear_weight, set_module
 from .base import SparseLinear
 from .csr import CSRLinear, check_csr_support
@@ -73,6 +74,7 @@ class Conversion:
             original.weight.data = dense.T.contiguous() if isinstance(original, Conv1D) else dense
             set_module(self.model, name, original)
         self.originals.clear()
+        trim_heap()
 
 
 @torch.no_grad()
@@ -87,4 +89,5 @@ def convert(model: nn.Module, names: list[str], format: str) -> Conversion:
         # One copy of each weight at a time: the dense storage is rebuilt from the sparse one on revert.
         module.weight.data = torch.empty(0, dtype=module.weight.dtype, device=module.weight.device)
         conversion.originals[name] = module
+    trim_heap()  # hand the freed dense weights (and conversion temporaries) back to the OS
     return conversion

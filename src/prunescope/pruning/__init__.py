@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunescopeError
+from ..heap import trim_heap
 from ..layers import linear_shape
 from .magnitude import prune_by_score
 from .record import LayerChange, PruneRecord, restore_layer
@@ -64,6 +65,7 @@ def prune(
         changes = prune_calibrated(model, layers, spec, calibration, progress=progress)
     else:
         changes = prune_by_score(layers, spec)
+    trim_heap()  # selection temporaries: return them to the OS rather than let RSS ratchet
     return PruneRecord(spec=spec, changes=changes, seconds=time.perf_counter() - start)
 
 

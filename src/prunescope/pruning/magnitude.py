@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..heap import trim_heap
 from ..layers import linear_weight
 from .record import LayerChange, apply_mask
 from .selection import global_smallest_masks, n_m_mask, row_smallest_mask, smallest_mask
@@ -50,10 +51,11 @@ def prune_by_score(layers: dict[str, nn.Module], spec: PruneSpec) -> dict[str, L
     if spec.effective_scope == "global" and not spec.pattern.structured:
         total = sum(linear_weight(m).numel() for m in layers.values())
         masks = global_smallest_masks(scores, len(names), round(spec.sparsity * total))
-        # Masks first, zeroing after: zeroing a layer must not change the scores the selection streams over.
-        chosen = [masks(i) for i in range(len(names))]
-        for name, mask in zip(names, chosen, strict=True):
-            changes[name] = apply_mask(layers[name], mask)
+        # The threshold is fixed before any zeroing and mask i reads only layer i, so each layer can be
+        # zeroed as soon as its mask is known: one layer's mask in memory at a time.
+        for i, name in enumerate(names):
+            changes[name] = apply_mask(layers[name], masks(i))
+            trim_heap()  # layer-sized temporaries of many shapes fragment the heap: hand them back each time
         return changes
     for i, name in enumerate(names):
         changes[name] = apply_mask(layers[name], mask_from_scores(scores(i), spec))

@@ -8,6 +8,7 @@ of the original weight of each layer they touched: still only the pruned layers,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,6 +71,25 @@ class PruneRecord:
     @property
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.changes.values())
+
+    def spill(self, path: str | Path) -> None:
+        """Move the removed values to a file until `unspill`: a sparse variant holds the kept values twice
+        the pruned layers' size, and the record is not needed until the dense model comes back."""
+        if getattr(self, "_spilled", None) is not None:
+            return
+        torch.save({n: (c.removed, c.original) for n, c in self.changes.items()}, path)
+        for change in self.changes.values():
+            change.removed = change.original = None
+        self._spilled = Path(path)
+
+    def unspill(self) -> None:
+        path = getattr(self, "_spilled", None)
+        if path is None:
+            return
+        for name, (removed, original) in torch.load(path, weights_only=True).items():
+            self.changes[name].removed, self.changes[name].original = removed, original
+        path.unlink()
+        self._spilled = None
 
 
 def apply_mask(module: nn.Module, mask: torch.Tensor, keep_original: bool = False) -> LayerChange:
