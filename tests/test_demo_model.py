@@ -19,8 +19,8 @@ from prunescope.demo import (
     heldout_texts,
     split_modules,
     stdlib_documents,
-    train_demo,
 )
+from prunescope.demo_training import train_demo
 from prunescope.errors import PrunescopeError
 
 # Measured: perplexity 35.5 at the end of training (metrics.json, all 239 held-out windows) and 33.3 on the

@@ -171,7 +171,7 @@ def train_demo_command(
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
 ) -> None:
     """Train the bundled demo model (OPT architecture) on this interpreter's standard library."""
-    from .demo import train_demo
+    from .demo_training import train_demo
 
     final = train_demo(out, seed=seed, minutes=minutes, resume=resume, threads=threads)
     console.print(f"model written to {final}")
