@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .formats.base import SparseLinear
-from .layers import GROUPS, Conv1D, linear_shape, parameter_modules
+from .layers import GROUPS, linear_shape, parameter_modules
 
 LAYER_COLUMNS = [
     "module",
@@ -65,42 +65,38 @@ def layer_table(model: nn.Module) -> pd.DataFrame:
                 nonzero_flops_per_token=2 * weight_nonzero,
             )
         else:
-            params = n = nz = nbytes = 0
+            params = nz = nbytes = 0
             weight = getattr(module, "weight", None)
             for pname, param in module.named_parameters(recurse=False):
                 owner = owners.setdefault(id(param), info.name)
                 if owner != info.name:
                     row["tied_to"] = f"{owner}.{pname}" if pname != "weight" else owner
                     continue
-                n = param.numel()
-                params += n
+                params += param.numel()
                 nz += int(torch.count_nonzero(param))
                 nbytes += _nbytes(param)
+            has_weight = isinstance(weight, torch.Tensor)
+            weight_nz = int(torch.count_nonzero(weight)) if has_weight else 0
+            # A tied weight belongs to its first owner; this row still does the arithmetic with it.
+            own_weight = has_weight and not row["tied_to"]
             is_projection = info.kind == "linear"
             if is_projection:
                 out_features, in_features = linear_shape(module)
                 shape = f"{out_features}x{in_features}"
             else:
-                shape = "x".join(str(d) for d in weight.shape) if isinstance(weight, torch.Tensor) else ""
-            weight_tied = bool(row["tied_to"]) and weight is not None
-            weights = 0 if (weight is None or weight_tied) else weight.numel()
-            weight_nonzero = 0 if weights == 0 else int(torch.count_nonzero(weight))
+                shape = "x".join(str(d) for d in weight.shape) if has_weight else ""
             row.update(
                 shape=shape,
-                dtype=str(weight.dtype).removeprefix("torch.") if isinstance(weight, torch.Tensor) else "",
+                dtype=str(weight.dtype).removeprefix("torch.") if has_weight else "",
                 format="dense",
                 params=params,
                 nonzero=nz,
-                weights=weights,
-                weight_nonzero=weight_nonzero,
+                weights=weight.numel() if own_weight else 0,
+                weight_nonzero=weight_nz if own_weight else 0,
                 stored_bytes=nbytes,
                 # A dense projection multiplies every weight, tied or not (the lm_head does real work).
                 flops_per_token=2 * out_features * in_features if is_projection else 0,
-                nonzero_flops_per_token=(
-                    2 * (weight_nonzero if not weight_tied else int(torch.count_nonzero(weight)))
-                    if is_projection
-                    else 0
-                ),
+                nonzero_flops_per_token=2 * weight_nz if is_projection else 0,
             )
         row["sparsity"] = 1.0 - row["nonzero"] / row["params"] if row["params"] else 0.0
         rows.append(row)
@@ -161,4 +157,4 @@ def global_summary(layers: pd.DataFrame, pruned: list[str] | None = None) -> dic
     }
 
 
-__all__ = ["LAYER_COLUMNS", "Conv1D", "attention_score_flops", "global_summary", "group_table", "layer_table"]
+__all__ = ["LAYER_COLUMNS", "attention_score_flops", "global_summary", "group_table", "layer_table"]
