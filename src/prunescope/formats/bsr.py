@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from ..errors import PrunescopeError
-from .base import SparseLinear
+from .csr import CompressedRowLinear
 
 DEFAULT_BLOCK_SIZE = 16
 # int32 indices, as for CSR: smaller and, on CPU, faster; int64 only when a count would overflow.
@@ -37,15 +37,10 @@ def _check_blocks(shape: tuple[int, int], block_size: int) -> None:
         )
 
 
-class BSRLinear(SparseLinear):
-    """A Linear whose (out, in) weight is a torch sparse BSR tensor; forward = W_bsr @ x.T (+ bias)."""
+class BSRLinear(CompressedRowLinear):
+    """A Linear whose (out, in) weight is a torch sparse BSR tensor."""
 
     format_name = "bsr"
-
-    def __init__(self, weight_bsr: torch.Tensor, bias: torch.Tensor | None) -> None:
-        out_features, in_features = weight_bsr.shape
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("weight", weight_bsr)
 
     @classmethod
     def check_support(cls, dtype: torch.dtype, device: torch.device | str) -> None:
@@ -97,14 +92,6 @@ class BSRLinear(SparseLinear):
     def blocks(self) -> int:
         return int(self.weight.col_indices().numel())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leading = x.shape[:-1]
-        flat = x.reshape(-1, self.in_features)
-        out = (self.weight @ flat.T).T
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*leading, self.out_features)
-
     def to_dense(self) -> torch.Tensor:
         return self.weight.to_dense()
 
@@ -113,21 +100,9 @@ class BSRLinear(SparseLinear):
         """True non-zeros; the explicit zeros inside stored blocks are not counted here."""
         return int(torch.count_nonzero(self.weight.values()))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.weight.dtype
-
     def flops_per_token(self) -> int:
         # The block kernel multiplies every stored value, explicit zeros included.
         return 2 * int(self.weight.values().numel())
-
-    def weight_bytes(self) -> dict[str, int]:
-        parts = {
-            "values": self.weight.values(),
-            "col_indices": self.weight.col_indices(),
-            "crow_indices": self.weight.crow_indices(),
-        }
-        return {name: t.numel() * t.element_size() for name, t in parts.items()}
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, block_size={self.block_size}, blocks={self.blocks}"

@@ -40,15 +40,40 @@ def check_csr_support(dtype: torch.dtype, device: torch.device | str) -> None:
         ) from None
 
 
-class CSRLinear(SparseLinear):
-    """A Linear whose (out, in) weight is a torch sparse CSR tensor; forward = W_csr @ x.T (+ bias)."""
+class CompressedRowLinear(SparseLinear):
+    """A Linear whose (out, in) weight is a torch compressed-row sparse tensor (CSR or BSR) with
+    `crow_indices`, `col_indices` and `values`; forward = W @ x.T (+ bias), any leading batch dims."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        out_features, in_features = weight.shape
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("weight", weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leading = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features)
+        out = (self.weight @ flat.T).T
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*leading, self.out_features)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    def weight_bytes(self) -> dict[str, int]:
+        parts = {
+            "values": self.weight.values(),
+            "col_indices": self.weight.col_indices(),
+            "crow_indices": self.weight.crow_indices(),
+        }
+        return {name: t.numel() * t.element_size() for name, t in parts.items()}
+
+
+class CSRLinear(CompressedRowLinear):
+    """A Linear whose (out, in) weight is a torch sparse CSR tensor."""
 
     format_name = "csr"
-
-    def __init__(self, weight_csr: torch.Tensor, bias: torch.Tensor | None) -> None:
-        out_features, in_features = weight_csr.shape
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("weight", weight_csr)
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> CSRLinear:
@@ -66,14 +91,6 @@ class CSRLinear(SparseLinear):
         values = weight[nonzero]
         return cls(_quiet_sparse_csr(crow, col, values, weight.shape, device=weight.device), bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leading = x.shape[:-1]
-        flat = x.reshape(-1, self.in_features)
-        out = (self.weight @ flat.T).T
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*leading, self.out_features)
-
     def to_dense(self) -> torch.Tensor:
         # Scattered by hand: one (out, in) tensor plus an nnz-sized row index, nothing else.
         crow, col = self.weight.crow_indices(), self.weight.col_indices()
@@ -87,15 +104,3 @@ class CSRLinear(SparseLinear):
     @property
     def nnz(self) -> int:
         return int(self.weight.values().numel())
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.weight.dtype
-
-    def weight_bytes(self) -> dict[str, int]:
-        parts = {
-            "values": self.weight.values(),
-            "col_indices": self.weight.col_indices(),
-            "crow_indices": self.weight.crow_indices(),
-        }
-        return {name: t.numel() * t.element_size() for name, t in parts.items()}
