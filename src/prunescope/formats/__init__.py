@@ -15,7 +15,7 @@ from ..errors import PrunescopeError
 from ..heap import trim_heap
 from ..layers import Conv1D, linear_weight, set_module
 from .base import SparseLinear
-from .csr import CSRLinear, check_csr_support
+from .csr import CSRLinear
 
 __all__ = [
     "FORMATS",
@@ -52,9 +52,7 @@ def format_class(name: str) -> type[SparseLinear]:
 def check_format_support(name: str, dtype: torch.dtype, device: torch.device | str) -> None:
     """Fail early, before any work, when a format cannot run on this device and dtype."""
     cls = format_class(name)
-    if name == "csr":
-        check_csr_support(dtype, device)
-    elif hasattr(cls, "check_support"):
+    if hasattr(cls, "check_support"):
         cls.check_support(dtype, torch.device(device))
 
 

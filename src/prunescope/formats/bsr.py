@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from ..errors import PrunescopeError
-from .csr import CompressedRowLinear
+from .csr import CompressedRowLinear, check_matmul
 
 DEFAULT_BLOCK_SIZE = 16
 # int32 indices, as for CSR: smaller and, on CPU, faster; int64 only when a count would overflow.
@@ -53,13 +53,7 @@ class BSRLinear(CompressedRowLinear):
             (16, 16),
             device=device,
         )
-        try:
-            probe @ torch.ones(16, 1, dtype=dtype, device=device)
-        except (RuntimeError, NotImplementedError) as error:
-            raise PrunescopeError(
-                f"torch BSR matmul does not support {str(dtype).removeprefix('torch.')} on {device.type} "
-                f"({str(error).splitlines()[0][:80]}); use --dtype float32 or another format"
-            ) from None
+        check_matmul("BSR", probe, torch.ones(16, 1, dtype=dtype, device=device))
 
     @classmethod
     def from_dense(

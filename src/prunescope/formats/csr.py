@@ -21,22 +21,14 @@ def _quiet_sparse_csr(*args, **kwargs) -> torch.Tensor:
         return torch.sparse_csr_tensor(*args, **kwargs)
 
 
-def check_csr_support(dtype: torch.dtype, device: torch.device | str) -> None:
-    """Raise a clear error when this backend cannot multiply a CSR matrix of `dtype`."""
-    device = torch.device(device)
-    probe = _quiet_sparse_csr(
-        torch.tensor([0, 1], dtype=torch.int32),
-        torch.tensor([0], dtype=torch.int32),
-        torch.ones(1, dtype=dtype),
-        (1, 1),
-        device=device,
-    )
+def check_matmul(label: str, probe: torch.Tensor, rhs: torch.Tensor) -> None:
+    """Multiply a tiny sparse `probe` once; an unsupported dtype/device becomes one clear PrunescopeError."""
     try:
-        probe @ torch.ones(1, 1, dtype=dtype, device=device)
+        probe @ rhs
     except (RuntimeError, NotImplementedError) as error:
         raise PrunescopeError(
-            f"torch CSR matmul does not support {str(dtype).removeprefix('torch.')} on {device.type} "
-            f"({str(error).splitlines()[0][:80]}); use --dtype float32 or another format"
+            f"torch {label} matmul does not support {str(probe.dtype).removeprefix('torch.')} on "
+            f"{probe.device.type} ({str(error).splitlines()[0][:80]}); use --dtype float32 or another format"
         ) from None
 
 
@@ -76,8 +68,16 @@ class CSRLinear(CompressedRowLinear):
     format_name = "csr"
 
     @classmethod
+    def check_support(cls, dtype: torch.dtype, device: torch.device | str) -> None:
+        """Raise a clear error when this backend cannot multiply a CSR matrix of `dtype`."""
+        device = torch.device(device)
+        one = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32)
+        probe = _quiet_sparse_csr(*one, torch.ones(1, dtype=dtype), (1, 1), device=device)
+        check_matmul("CSR", probe, torch.ones(1, 1, dtype=dtype, device=device))
+
+    @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> CSRLinear:
-        check_csr_support(weight.dtype, weight.device)
+        cls.check_support(weight.dtype, weight.device)
         weight = weight.detach()
         nnz = int(torch.count_nonzero(weight))
         index_dtype = torch.int32 if max(*weight.shape, nnz) <= _INT32_MAX else torch.int64
