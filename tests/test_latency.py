@@ -115,7 +115,7 @@ def test_inner_repeats_make_samples_long_enough_and_are_averaged():
     assert timing.repeats == 5  # 5 samples x 0.02 s = min_time
 
 
-def test_interleaved_rounds_rotate_and_ratios_come_from_the_same_run():
+def test_interleaved_rounds_are_shuffled_and_ratios_come_from_the_same_run():
     clock = FakeClock()
     log: list[str] = []
     candidates = {
@@ -123,10 +123,17 @@ def test_interleaved_rounds_rotate_and_ratios_come_from_the_same_run():
         "b": Candidate(scripted(clock, [0.001], log, "b")),
         "c": Candidate(scripted(clock, [0.004], log, "c")),
     }
-    policy = TimingPolicy(warmup=1, min_time=0.0, min_repeats=3, max_time=1.0)
+    policy = TimingPolicy(warmup=1, min_time=0.0, min_repeats=12, max_time=1.0)
     timings = measure_interleaved(candidates, policy, clock)
     assert log[:3] == ["a", "b", "c"]  # warm-up
-    assert log[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # rotating order
+    rounds = [tuple(log[i : i + 3]) for i in range(3, len(log), 3)]
+    assert len(rounds) == 12 and all(sorted(r) == ["a", "b", "c"] for r in rounds)  # one sample each
+    # shuffled, not rotated: every candidate follows each of the others (a cache-state bias would not)
+    follows = {(r[i - 1], r[i]) for r in rounds for i in (1, 2)}
+    assert follows == {(x, y) for x in "abc" for y in "abc" if x != y}
+    log.clear()
+    measure_interleaved(candidates, policy, clock)
+    assert [tuple(log[i : i + 3]) for i in range(3, len(log), 3)] == rounds  # seeded: reproducible
     assert timings["a"].median / timings["b"].median == pytest.approx(2.0)
     assert timings["c"].median / timings["a"].median == pytest.approx(2.0)
 

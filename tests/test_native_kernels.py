@@ -228,4 +228,7 @@ def test_dense_reference_kernel(kernel):
         b = torch.randn(out)
         for n in (1, 2, 7, 8, 11):
             x = torch.randn(n, inp)
-            _check_close(native.dense_matmul(x, w, b, kernel), x, w, b)
+            for rows in native.DENSE_ROWS:  # both one-token variants (the benchmark's reference)
+                _check_close(native.dense_matmul(x, w, b, kernel, rows), x, w, b)
+    with pytest.raises(PrunescopeError, match="rows"):
+        native.dense_matmul(torch.randn(1, 4), torch.randn(3, 4), rows=2)

@@ -8,19 +8,19 @@ converted model slower than the dense one.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
 from ..errors import PrunescopeError
+from ..latency.timing import Candidate, TimingPolicy, measure_interleaved
 from .bitmask import BitmaskLinear
 from .csr16 import MAX_IN_FEATURES, CSR16Linear
 
 CANDIDATES = ("dense", "bitmask", "csr16")
-_MIN_SAMPLE_S = 2e-4  # calls are batched up to this so timer resolution and call overhead do not decide
 
 
 def _build(name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module | None:
@@ -38,37 +38,6 @@ def _build(name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Mod
     if name == "csr16":
         return CSR16Linear.from_dense(weight, bias) if weight.shape[1] <= MAX_IN_FEATURES else None
     raise PrunescopeError(f"unknown auto candidate {name!r}; choose from {CANDIDATES}")
-
-
-def time_modules(
-    calls: dict[str, Callable[[], object]],
-    repeats: int = 7,
-    warmup: int = 2,
-    clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, list[float]]:
-    """Seconds per call of each callable: warm-up, then `repeats` rounds, interleaved and rotated.
-
-    `clock=time.process_time` measures CPU time instead of wall time: with one thread on a shared machine
-    it ignores the time the process waits for a core (with several threads it also counts their spinning).
-    """
-    names = list(calls)
-    for name in names:
-        for _ in range(warmup):
-            calls[name]()
-    inner = {}
-    for name in names:  # batch fast calls so one sample lasts >= _MIN_SAMPLE_S
-        t0 = clock()
-        calls[name]()
-        inner[name] = max(1, min(1000, int(_MIN_SAMPLE_S / max(clock() - t0, 1e-9))))
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn, k = calls[name], inner[name]
-            t0 = clock()
-            for _ in range(k):
-                fn()
-            samples[name].append((clock() - t0) / k)
-    return samples
 
 
 @torch.no_grad()
@@ -100,11 +69,13 @@ def choose_format(
             modules[name] = module
     g = torch.Generator(device=weight.device).manual_seed(seed)
     x = torch.randn(max(1, n_tokens), weight.shape[1], generator=g, device=weight.device).to(weight.dtype)
-    samples = time_modules({name: (lambda m=m: m(x)) for name, m in modules.items()}, repeats=repeats)
-    timings = {name: statistics.median(s) for name, s in samples.items()}
+    # samples of >= 0.2 ms (calls batched) so timer resolution and call overhead do not decide
+    policy = TimingPolicy(warmup=2, min_repeats=repeats, min_time=repeats * 2e-4, max_time=math.inf)
+    measured = measure_interleaved({name: Candidate(partial(m, x)) for name, m in modules.items()}, policy)
+    timings = {name: t.median for name, t in measured.items()}
     # Decide on the minimum: other processes only ever add time, so on a shared machine the fastest sample
     # is the best estimate of a layer's own cost (the medians are recorded too).
-    best = {name: min(s) for name, s in samples.items()}
+    best = {name: t.min for name, t in measured.items()}
     choice = min(best, key=best.get)
     if choice != "dense" and "dense" in best and best[choice] > (1 - margin) * best["dense"]:
         choice = "dense"

@@ -210,10 +210,24 @@ def csr16_matmul(
     return y.t().contiguous() if transposed else y
 
 
+DENSE_ROWS = (1, 4)
+
+
 def dense_matmul(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel: str | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    kernel: str | None = None,
+    rows: int = 4,
 ) -> torch.Tensor:
-    """The C dense GEMV/GEMM with the same structure and threading: the honest benchmark reference."""
+    """The C dense GEMV/GEMM with the same structure and threading: the honest benchmark reference.
+
+    ``rows`` picks the one-token (AVX-512) variant: 1 streams one row at a time with the bitmask kernel's
+    software prefetch, 4 interleaves four rows.  Which is faster from DRAM depends on the machine's state,
+    so the benchmarks time both and compare against the faster.
+    """
+    if rows not in DENSE_ROWS:
+        raise PrunescopeError(f"rows must be one of {DENSE_ROWS}, not {rows}")
     kernel = resolve_kernel(kernel)
     check_cpu(x, weight, bias)
     if kernel == "torch":
@@ -235,6 +249,7 @@ def dense_matmul(
         _addr(weight),
         _addr(bias),
         _addr(y),
+        rows,
     )
     return y
 

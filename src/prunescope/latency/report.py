@@ -77,7 +77,8 @@ def environment_line(environment: dict) -> str:
         f"dtype {environment['dtype']}, {environment['threads']} threads, BLAS {environment['blas']}, "
         f"MKL {'yes' if environment['mkl_available'] else 'no'}, "
         f"oneDNN {'on' if environment['mkldnn_enabled'] and environment['mkldnn_available'] else 'off'}, "
-        f"torch {environment['torch']}"
+        f"torch {environment['torch']}, "
+        f"huge pages {'on' if environment.get('thp_mem_alloc') else 'off'}"
     )
     return line
 

@@ -30,6 +30,7 @@ typedef struct {
     const float *bias;      /* out entries or NULL */
     float *y;               /* n x out; csr16 with xt: out x n */
     int dtype;              /* PS_F32 / PS_BF16 / PS_F16 (dense: PS_F32 only) */
+    int dense_rows;         /* dense, one token: rows per step, 1 (prefetched stream) or 4 (interleaved) */
 } ps_args;
 
 /* Highest PS_* level this CPU (and OS) supports. */

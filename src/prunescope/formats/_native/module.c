@@ -47,15 +47,15 @@ static PyObject *py_csr16(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* dense_matmul(isa, nthreads, n, in, out, x, w, bias, y) */
+/* dense_matmul(isa, nthreads, n, in, out, x, w, bias, y, rows) */
 static PyObject *py_dense(PyObject *self, PyObject *args) {
-    int isa, nt;
+    int isa, nt, rows;
     long long n, in, out;
     unsigned long long x, w, b, y;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iiLLLKKKK", &isa, &nt, &n, &in, &out, &x, &w, &b, &y)) return NULL;
+    if (!PyArg_ParseTuple(args, "iiLLLKKKKi", &isa, &nt, &n, &in, &out, &x, &w, &b, &y, &rows)) return NULL;
     ps_args a = {n, in, out, (const float *)(uintptr_t)x, NULL, (const void *)(uintptr_t)w, out * in, NULL,
-                 NULL, NULL, (const float *)(uintptr_t)b, (float *)(uintptr_t)y, PS_F32};
+                 NULL, NULL, (const float *)(uintptr_t)b, (float *)(uintptr_t)y, PS_F32, rows};
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = ps_dense_matmul(isa, nt, &a);
     Py_END_ALLOW_THREADS if (rc) return raise_rc(rc);
