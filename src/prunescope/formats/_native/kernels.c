@@ -657,6 +657,61 @@ TGT2 PS_INLINE __m256 expand8(const void *vals, int64_t off, unsigned k, int c, 
     return _mm256_and_ps(_mm256_permutevar8x32_ps(v, idx), _mm256_castsi256_ps(lm));
 }
 
+/* AVX2 "expand" of 8 lanes whose packed values start at off: the same as expand8 for a word known to have
+ * its 8 values inside the buffer (the caller checks once per 4-word step). */
+TGT2 PS_INLINE __m256 expand8_in(const void *vals, int64_t off, unsigned k, int dt) {
+    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)perm8[k]));
+    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i lm = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)k), bits), bits);
+    return _mm256_and_ps(_mm256_permutevar8x32_ps(raw8_256(vals, off, dt), idx), _mm256_castsi256_ps(lm));
+}
+
+/* One row, one token, as bm_row1_512: 4 mask words per step with prefix-popcount pointers (8 independent
+ * 8-lane expands) and the same software prefetch of the value stream.  Measured here with the AVX2 path
+ * forced, 2 threads, fp32: without the prefetch and the 4-word steps it ran at 0.73x / 0.94x the AVX2
+ * dense row at s = 0.3 / 0.5 on 4096 x 4096. */
+TGT2 PS_INLINE float bm_row1_256(const ps_args *a, int64_t p, const uint16_t *m, int64_t Wfull, int dt,
+                                 int pf_lines) {
+    const void *vals = a->values;
+    const float *x = a->x;
+    const int es = dt == PS_F32 ? 4 : 2;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t w = 0;
+    /* a step reads at most 8 values past its last pointer: stop the fast loop while that stays in bounds */
+    for (; w + 4 <= Wfull && p + 64 + 8 <= a->nnz; w += 4) {
+        uint64_t mm;
+        memcpy(&mm, m + w, 8);
+        const char *pf = (const char *)vals + p * es + PS_PF_DIST;
+        for (int l = 0; l < pf_lines; l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T1);
+        const float *xc = x + 16 * w;
+        for (int q = 0; q < 4; q++) {
+            const unsigned k = (unsigned)(mm >> (16 * q)) & 0xffffu, klo = k & 0xffu, khi = k >> 8;
+            const int64_t plo = p + _mm_popcnt_u64(mm & ((1ULL << (16 * q)) - 1ULL));
+            const int64_t phi = plo + popcount16(klo);
+            acc[q] = _mm256_fmadd_ps(expand8_in(vals, plo, klo, dt), _mm256_loadu_ps(xc + 16 * q), acc[q]);
+            acc[q] = _mm256_fmadd_ps(expand8_in(vals, phi, khi, dt), _mm256_loadu_ps(xc + 16 * q + 8), acc[q]);
+        }
+        p += _mm_popcnt_u64(mm);
+    }
+    for (; w < Wfull; w++) { /* the last steps near the end of the buffer: bounds-checked expands */
+        const unsigned k = m[w], klo = k & 0xffu, khi = k >> 8;
+        const int clo = popcount16(klo), chi = popcount16(khi);
+        acc[0] = _mm256_fmadd_ps(expand8(vals, p, klo, clo, a->nnz, dt), _mm256_loadu_ps(x + 16 * w), acc[0]);
+        acc[1] = _mm256_fmadd_ps(expand8(vals, p + clo, khi, chi, a->nnz, dt), _mm256_loadu_ps(x + 16 * w + 8),
+                                 acc[1]);
+        p += clo + chi;
+    }
+    const __m256 s8 = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    __m128 q4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    q4 = _mm_add_ps(q4, _mm_movehl_ps(q4, q4));
+    q4 = _mm_add_ss(q4, _mm_movehdup_ps(q4));
+    float res = _mm_cvtss_f32(q4);
+    if (a->in % 16) { /* partial last word: scalar, so the input is never read past in_features */
+        for (unsigned k = m[Wfull]; k; k &= k - 1) res += load_val(vals, p++, dt) * x[16 * Wfull + ctz16(k)];
+    }
+    return res;
+}
+
 TGT2 PS_INLINE void bm_rowT_256(const ps_args *a, int64_t p, const uint16_t *m, int64_t Wfull, const float *x,
                                 int T, int dt, float *res) {
     const int64_t in = a->in;
@@ -695,6 +750,12 @@ TGT2 PS_INLINE void bm_rows_256_dt(const ps_args *a, int64_t r0, int64_t r1, int
     for (int64_t r = r0; r < r1; r++) {
         const uint16_t *m = a->mask + r * W;
         const float b = a->bias ? a->bias[r] : 0.f;
+        if (n == 1) {
+            const int64_t p = a->rowoff[r];
+            const int64_t step_bytes = (a->rowoff[r + 1] - p) * (dt == PS_F32 ? 4 : 2) * 4 / (W ? W : 1);
+            a->y[r] = bm_row1_256(a, p, m, Wfull, dt, (int)((step_bytes + 63) / 64) + 1) + b;
+            continue;
+        }
         for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
             const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
             const float *x = a->x + t0 * in;
