@@ -560,7 +560,8 @@ TGT512 PS_INLINE void dense_rows2T_512(const float *w, const float *x, int64_t i
         const int64_t rem = in - j;
         const __mmask16 km = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
         if ((j & 63) == 0) { /* the bitmask kernel's prefetch: 4 words = 256 bytes per row, 5 lines */
-            const char *pf0 = (const char *)(w + j) + 2 * PS_PF_DIST, *pf1 = (const char *)(w + in + j) + 2 * PS_PF_DIST;
+            const char *pf0 = (const char *)(w + j) + 2 * PS_PF_DIST;
+            const char *pf1 = (const char *)(w + in + j) + 2 * PS_PF_DIST;
             for (int l = 0; l < 5; l++) {
                 _mm_prefetch(pf0 + 64 * l, _MM_HINT_T1);
                 _mm_prefetch(pf1 + 64 * l, _MM_HINT_T1);
