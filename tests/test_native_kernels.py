@@ -116,13 +116,15 @@ def test_forced_path_via_env(monkeypatch, kernel, fmt, dtype):
     _skip_unless(kernel)
     monkeypatch.setenv(native.ENV_VAR, kernel)
     assert native.resolve_kernel() == kernel
-    # shapes that reach the unrolled main loops, the 16-column tail and the multi-token tiles
-    w = _pruned(67, 1000, 0.6, dtype, seed=3)
-    b = torch.randn(67).to(dtype)
-    module = FORMATS[fmt].from_dense(w, b)
-    for n in (1, 5, 8, 12, 40):
-        x = torch.randn(2, n, 1000)
-        _check_close(module(x), x, w, b)
+    # shapes that reach the unrolled main loops, the 16-column tail, the end of the value buffer (s = 0:
+    # the one-token AVX2 steps stop 72 values before it) and the multi-token tiles
+    for sparsity in (0.6, 0.0):
+        w = _pruned(67, 1000, sparsity, dtype, seed=3)
+        b = torch.randn(67).to(dtype)
+        module = FORMATS[fmt].from_dense(w, b)
+        for shape in ((1000,), (1, 1000), (2, 1, 1000), (2, 5, 1000), (8, 1000), (12, 1000), (2, 40, 1000)):
+            x = torch.randn(shape)
+            _check_close(module(x), x, w, b)
 
 
 def test_reduced_precision_input_gives_same_dtype_output():
