@@ -18,20 +18,14 @@
 #include <omp.h>
 #endif
 
-
-
-
-
-
-
 #define PS_TILE 8 /* tokens sharing one expanded weight register */
 /* Rows interleaved by the dense one-token kernel when asked for 4 (ps_args.dense_rows): more streams in
  * flight and one input load per 4 FMAs lift it from ~28 to ~43 GB/s out of L3.  From DRAM, one row with
  * software prefetch is as fast or faster depending on the machine's state, so the benchmark times both. */
 #define PS_ROWS 4
 #define PS_INLINE static inline __attribute__((always_inline))
-/* Software prefetch distance (bytes ahead of a weight stream) for the one-token kernels: far enough to
- * cover DRAM latency at ~15 GB/s per core, near enough to stay inside L2. */
+/* Software prefetch distance (bytes ahead of a weight stream; the two-row kernels use twice it): far
+ * enough to cover DRAM latency at ~15 GB/s per core, near enough to stay inside L2. */
 #ifndef PS_PF_DIST
 #define PS_PF_DIST 8192
 #endif
