@@ -138,6 +138,16 @@ def test_interleaved_rounds_are_shuffled_and_ratios_come_from_the_same_run():
     assert timings["c"].median / timings["a"].median == pytest.approx(2.0)
 
 
+def test_fixed_rounds_policy_takes_exactly_that_many_samples_of_batched_calls():
+    clock = FakeClock()
+    candidates = {"slow": Candidate(scripted(clock, [0.05])), "fast": Candidate(scripted(clock, [1e-5]))}
+    timings = measure_interleaved(candidates, TimingPolicy.rounds(5), clock)
+    assert timings["slow"].repeats == timings["fast"].repeats == 5  # no time budget cuts a slow one short
+    assert timings["slow"].inner == 1
+    assert 20 <= timings["fast"].inner <= 21  # batched to >= 0.2 ms per sample (float rounding: 21)
+    assert timings["fast"].median == pytest.approx(1e-5)
+
+
 def test_setup_is_not_timed_and_sync_brackets_every_sample():
     clock = FakeClock()
     synced: list[float] = []

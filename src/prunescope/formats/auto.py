@@ -8,7 +8,6 @@ converted model slower than the dense one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import partial
 
@@ -69,8 +68,7 @@ def choose_format(
             modules[name] = module
     g = torch.Generator(device=weight.device).manual_seed(seed)
     x = torch.randn(max(1, n_tokens), weight.shape[1], generator=g, device=weight.device).to(weight.dtype)
-    # samples of >= 0.2 ms (calls batched) so timer resolution and call overhead do not decide
-    policy = TimingPolicy(warmup=2, min_repeats=repeats, min_time=repeats * 2e-4, max_time=math.inf)
+    policy = TimingPolicy.rounds(repeats)
     measured = measure_interleaved({name: Candidate(partial(m, x)) for name, m in modules.items()}, policy)
     timings = {name: t.median for name, t in measured.items()}
     # Decide on the minimum: other processes only ever add time, so on a shared machine the fastest sample

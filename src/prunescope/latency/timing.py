@@ -56,6 +56,12 @@ class TimingPolicy:
         if self.min_time < 0 or self.max_time < self.min_time:
             raise PrunescopeError("timing needs 0 <= min_time <= max_time")
 
+    @classmethod
+    def rounds(cls, repeats: int, min_sample: float = 2e-4) -> TimingPolicy:
+        """Exactly `repeats` rounds (no time budget), fast calls batched into samples of >= `min_sample` s
+        so timer resolution and call overhead do not decide."""
+        return cls(warmup=2, min_repeats=repeats, min_time=repeats * min_sample, max_time=math.inf)
+
     @property
     def target_sample(self) -> float:
         return self.min_time / self.min_repeats

@@ -172,6 +172,17 @@ static void dense_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
 
 #define TGT512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,popcnt,bmi,bmi2,fma,f16c")))
 
+/* Software prefetch of a weight stream into L2: `lines` cache lines from `from` on (see bm_row1_512). */
+PS_INLINE void prefetch_l2(const void *from, int lines) {
+    for (int l = 0; l < lines; l++) _mm_prefetch((const char *)from + 64 * l, _MM_HINT_T1);
+}
+
+/* Lines to prefetch per 4-word step of a row of row_nnz values of es bytes spread over W mask words: the
+ * step's average bytes in lines, plus one, so the window never falls behind. */
+static inline int prefetch_lines(int64_t row_nnz, int es, int64_t W) {
+    return (int)((row_nnz * es * 4 / (W ? W : 1) + 63) / 64) + 1;
+}
+
 /* 16 dense lanes from the c = popcount(k) packed values at off: zero where k has no bit. */
 TGT512 PS_INLINE __m512 expand16(const void *vals, int64_t off, __mmask16 k, int c, int dt) {
     /* expand straight from memory: ~10 % fewer cycles per chunk than a masked load + register expand */
@@ -212,8 +223,7 @@ TGT512 PS_INLINE float bm_row1_512(const void *vals, int64_t p, const uint16_t *
         const int64_t p2 = p + _mm_popcnt_u64(mm & 0xffffffffULL);
         const int64_t p3 = p + _mm_popcnt_u64(mm & 0xffffffffffffULL);
         const int64_t p4 = p + _mm_popcnt_u64(mm);
-        const char *pf = (const char *)vals + p * es + PS_PF_DIST;
-        for (int l = 0; l < pf_lines; l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T1);
+        prefetch_l2((const char *)vals + p * es + PS_PF_DIST, pf_lines);
         const __m512 w0 = expand16(vals, p, (__mmask16)mm, (int)(p1 - p), dt);
         const __m512 w1 = expand16(vals, p1, (__mmask16)(mm >> 16), (int)(p2 - p1), dt);
         const __m512 w2 = expand16(vals, p2, (__mmask16)(mm >> 32), (int)(p3 - p2), dt);
@@ -285,19 +295,15 @@ TGT512 PS_INLINE void bm_rows2T_512(const ps_args *a, int64_t r, const float *x,
     __m512 acc0[PS_TILE], acc1[PS_TILE];
     for (int t = 0; t < T; t++) acc0[t] = acc1[t] = _mm512_setzero_ps();
     const int es = dt == PS_F32 ? 4 : 2;
-    /* lines one row consumes per 4 words (the denser of the two rows), plus one */
+    /* sized for the denser of the two rows */
     const int64_t row_nnz = p1 - p0 > a->rowoff[r + 2] - p1 ? p1 - p0 : a->rowoff[r + 2] - p1;
-    const int pf_lines = (int)((row_nnz * es * 4 / (W ? W : 1) + 63) / 64) + 1;
+    const int pf_lines = prefetch_lines(row_nnz, es, W);
     for (int64_t w = 0; w < Wfull; w++) {
         const unsigned k0 = m0[w], k1 = m1[w];
         const int c0 = popcount16(k0), c1 = popcount16(k1);
         if ((w & 3) == 0) { /* every 4 words, as the one-token kernel; two streams, twice the distance */
-            const char *pf0 = (const char *)vals + p0 * es + 2 * PS_PF_DIST;
-            const char *pf1 = (const char *)vals + p1 * es + 2 * PS_PF_DIST;
-            for (int l = 0; l < pf_lines; l++) {
-                _mm_prefetch(pf0 + 64 * l, _MM_HINT_T1);
-                _mm_prefetch(pf1 + 64 * l, _MM_HINT_T1);
-            }
+            prefetch_l2((const char *)vals + p0 * es + 2 * PS_PF_DIST, pf_lines);
+            prefetch_l2((const char *)vals + p1 * es + 2 * PS_PF_DIST, pf_lines);
         }
         const __m512 w0 = expand16(vals, p0, (__mmask16)k0, c0, dt);
         const __m512 w1 = expand16(vals, p1, (__mmask16)k1, c1, dt);
@@ -333,9 +339,7 @@ TGT512 PS_INLINE void bm_rows_512_dt(const ps_args *a, int64_t r0, int64_t r1, i
         const int64_t p = a->rowoff[r];
         const float b = a->bias ? a->bias[r] : 0.f;
         if (n == 1) {
-            /* bytes of values one 4-word step consumes on average in this row, in lines, plus one */
-            const int64_t step_bytes = (a->rowoff[r + 1] - p) * (dt == PS_F32 ? 4 : 2) * 4 / (W ? W : 1);
-            const int pf_lines = (int)((step_bytes + 63) / 64) + 1;
+            const int pf_lines = prefetch_lines(a->rowoff[r + 1] - p, dt == PS_F32 ? 4 : 2, W);
             a->y[r] = bm_row1_512(a->values, p, m, Wfull, tail, a->x, dt, pf_lines) + b;
             continue;
         }
@@ -491,8 +495,7 @@ TGT512 PS_INLINE float dense_row1_512(const float *w, const float *x, int64_t in
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t j = 0;
     for (; j + 64 <= in; j += 64) {
-        const char *pf = (const char *)(w + j) + PS_PF_DIST;
-        for (int l = 0; l < 4; l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T1);
+        prefetch_l2((const char *)(w + j) + PS_PF_DIST, 4);
         a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + j), _mm512_loadu_ps(x + j), a0);
         a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + j + 16), _mm512_loadu_ps(x + j + 16), a1);
         a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + j + 32), _mm512_loadu_ps(x + j + 32), a2);
@@ -554,12 +557,8 @@ TGT512 PS_INLINE void dense_rows2T_512(const float *w, const float *x, int64_t i
         const int64_t rem = in - j;
         const __mmask16 km = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
         if ((j & 63) == 0) { /* the bitmask kernel's prefetch: 4 words = 256 bytes per row, 5 lines */
-            const char *pf0 = (const char *)(w + j) + 2 * PS_PF_DIST;
-            const char *pf1 = (const char *)(w + in + j) + 2 * PS_PF_DIST;
-            for (int l = 0; l < 5; l++) {
-                _mm_prefetch(pf0 + 64 * l, _MM_HINT_T1);
-                _mm_prefetch(pf1 + 64 * l, _MM_HINT_T1);
-            }
+            prefetch_l2((const char *)(w + j) + 2 * PS_PF_DIST, 5);
+            prefetch_l2((const char *)(w + in + j) + 2 * PS_PF_DIST, 5);
         }
         const __m512 w0 = _mm512_maskz_loadu_ps(km, w + j), w1 = _mm512_maskz_loadu_ps(km, w + in + j);
         for (int t = 0; t < T; t++) {
@@ -701,8 +700,7 @@ TGT2 PS_INLINE float bm_row1_256(const ps_args *a, int64_t p, const uint16_t *m,
     for (; w + 4 <= Wfull && p + 64 + 8 <= a->nnz; w += 4) {
         uint64_t mm;
         memcpy(&mm, m + w, 8);
-        const char *pf = (const char *)vals + p * es + PS_PF_DIST;
-        for (int l = 0; l < pf_lines; l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T1);
+        prefetch_l2((const char *)vals + p * es + PS_PF_DIST, pf_lines);
         const float *xc = x + 16 * w;
         for (int q = 0; q < 4; q++) {
             const unsigned k = (unsigned)(mm >> (16 * q)) & 0xffffu, klo = k & 0xffu, khi = k >> 8;
@@ -772,8 +770,8 @@ TGT2 PS_INLINE void bm_rows_256_dt(const ps_args *a, int64_t r0, int64_t r1, int
         const float b = a->bias ? a->bias[r] : 0.f;
         if (n == 1) {
             const int64_t p = a->rowoff[r];
-            const int64_t step_bytes = (a->rowoff[r + 1] - p) * (dt == PS_F32 ? 4 : 2) * 4 / (W ? W : 1);
-            a->y[r] = bm_row1_256(a, p, m, Wfull, dt, (int)((step_bytes + 63) / 64) + 1) + b;
+            const int pf_lines = prefetch_lines(a->rowoff[r + 1] - p, dt == PS_F32 ? 4 : 2, W);
+            a->y[r] = bm_row1_256(a, p, m, Wfull, dt, pf_lines) + b;
             continue;
         }
         for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
