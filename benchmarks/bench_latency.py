@@ -37,8 +37,8 @@ from prunescope.latency import (
 )
 from prunescope.latency.report import json_rows
 from prunescope.layers import prunable_layers
-from prunescope.output import write_json
 from prunescope.pruning import PruneSpec, prune
+from prunescope.report.output import write_json
 
 SPARSITIES = [0.3, 0.5, 0.7, 0.9]
 TOKENS = [1, 64]

@@ -37,8 +37,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from prunescope.behaviour import compare, compute_reference  # noqa: E402
-from prunescope.corpus import load_texts, make_batches, tokenize_windows  # noqa: E402
+from prunescope.evaluation.behaviour import compare, compute_reference  # noqa: E402
+from prunescope.evaluation.corpus import load_texts, make_batches, tokenize_windows  # noqa: E402
 from prunescope.layers import linear_weight, prunable_layers  # noqa: E402
 from prunescope.models import load_model, resolve_model_path  # noqa: E402
 from prunescope.pruning import PruneSpec, prune, restore  # noqa: E402

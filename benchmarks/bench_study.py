@@ -37,7 +37,7 @@ OPT_125M = dict(
 def build_opt125m(folder: Path) -> int:
     from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
 
-    from prunescope.demo import DEMO_MODEL_DIR
+    from prunescope.demo.corpus import DEMO_MODEL_DIR
 
     torch.manual_seed(0)
     model = OPTForCausalLM(OPTConfig(**OPT_125M))
@@ -56,7 +56,7 @@ def main() -> None:
             sys.executable,
             "-c",
             (
-                "import prunescope, prunescope.study; "
+                "import prunescope, prunescope.experiments.study; "
                 "from prunescope.models import load_model; load_model('demo')"
             ),
         ]

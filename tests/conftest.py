@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from prunescope.corpus import builtin_texts  # noqa: E402
+from prunescope.evaluation.corpus import builtin_texts  # noqa: E402
 
 
 def make_tokenizer(vocab_size: int = 320):

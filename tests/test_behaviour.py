@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from prunescope.behaviour import compare, compute_reference
-from prunescope.corpus import builtin_texts, make_batches, tokenize_windows
+from prunescope.evaluation.behaviour import compare, compute_reference
+from prunescope.evaluation.corpus import builtin_texts, make_batches, tokenize_windows
 
 from .conftest import make_tokenizer, tiny_opt
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from prunescope import demo
+from prunescope.demo import corpus as demo
 from prunescope.errors import PrunescopeError
 from prunescope.pruning import calibration as calibration_module
 from prunescope.pruning.calibration import calibration_samples

@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, OPTForCausalLM
 
-from prunescope.demo import (
+from prunescope.demo.corpus import (
     DEMO_MODEL_DIR,
     evaluate_heldout,
     heldout_texts,
     split_modules,
     stdlib_documents,
 )
-from prunescope.demo_training import train_demo
+from prunescope.demo.training import train_demo
 from prunescope.errors import PrunescopeError
 
 # Measured: perplexity 35.5 at the end of training (metrics.json, all 239 held-out windows) and 33.3 on the

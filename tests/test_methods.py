@@ -318,8 +318,8 @@ def demo_loaded():
 
 def _demo_behaviours(loaded, pattern: str) -> dict[str, dict[str, float]]:
     """Perplexity and top-1 agreement with dense of each method, on one dense reference (fixed seeds)."""
-    from prunescope.behaviour import compare, compute_reference
-    from prunescope.corpus import load_texts, make_batches, tokenize_windows
+    from prunescope.evaluation.behaviour import compare, compute_reference
+    from prunescope.evaluation.corpus import load_texts, make_batches, tokenize_windows
     from prunescope.pruning.calibration import calibration_samples
 
     model, tokenizer = loaded.model, loaded.tokenizer

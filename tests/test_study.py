@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from prunescope.experiments.study import StudyConfig, Workbench, fit_batch_size
 from prunescope.pruning import PruneSpec
-from prunescope.study import StudyConfig, Workbench, fit_batch_size
 
 
 def test_points_restore_the_dense_model_exactly(tiny_model_dir, tmp_path):

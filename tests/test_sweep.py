@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from prunescope import PrunescopeError
 from prunescope.cli import app
-from prunescope.sweep import parse_sparsities
+from prunescope.experiments.sweep import parse_sparsities
 
 runner = CliRunner()
 

@@ -7,14 +7,13 @@ result.summary
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .errors import PrunescopeError  # noqa: E402
+from .experiments.study import StudyConfig, StudyResult, run_study  # noqa: E402
 from .layers import classify, parameter_modules, prunable_layers  # noqa: E402
 from .models import LoadedModel, load_model  # noqa: E402
 from .pruning import PruneRecord, PruneSpec, prune, restore  # noqa: E402
 from .structure import global_summary, group_table, layer_table  # noqa: E402
-from .study import StudyConfig, StudyResult, run_study  # noqa: E402
+from .version import __version__  # noqa: E402
 
 
 def study(
@@ -31,6 +30,7 @@ __all__ = [
     "PrunescopeError",
     "StudyConfig",
     "StudyResult",
+    "__version__",
     "classify",
     "global_summary",
     "group_table",

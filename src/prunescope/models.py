@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .errors import PrunescopeError
-from .heap import own_storage
+from .util.heap import own_storage
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -58,7 +58,7 @@ def is_demo(model: str) -> bool:
 
 def resolve_model_path(model: str) -> str:
     if is_demo(model):
-        from .demo import DEMO_MODEL_DIR
+        from .demo.corpus import DEMO_MODEL_DIR
 
         return str(DEMO_MODEL_DIR)
     return model

@@ -17,11 +17,11 @@ import torch
 from accelerate.utils import set_module_tensor_to_device
 from torch import nn
 
-from ..heap import trim_heap
 from ..layers import linear_weight
-from ..progress import track
 from ..pruning.calibrated import capture_block_inputs, find_blocks, layers_by_block, prune_block
 from ..pruning.spec import PruneSpec
+from ..util.heap import trim_heap
+from ..util.progress import track
 from .safetensors_io import Checkpoint
 
 

@@ -20,12 +20,12 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import PrunescopeError
-from ..heap import trim_heap
 from ..layers import prunable_layers
-from ..progress import track
 from ..pruning import PruneSpec, check_pattern_fits
 from ..pruning.magnitude import magnitude_scores, mask_from_scores, random_scores
 from ..pruning.selection import global_smallest_masks
+from ..util.heap import trim_heap
+from ..util.progress import track
 from .model_map import is_conv1d, map_tensors, meta_model
 from .safetensors_io import Checkpoint, copy_side_files, plan_shards
 from .sparse import SparseOutput

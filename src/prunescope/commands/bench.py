@@ -11,8 +11,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from ..cli import DeviceOpt, DtypeOpt, ModelOpt, app, console, err_console, user_errors
 from ..errors import PrunescopeError
+from .common import DeviceOpt, DtypeOpt, ModelOpt, console, err_console, user_errors
 
 
 def parse_ints(text: str, what: str) -> list[int]:
@@ -115,7 +115,6 @@ def print_latency(result) -> None:
     console.print(environment_line(result.environment), highlight=False)
 
 
-@app.command()
 @user_errors
 def bench(
     model: ModelOpt = "demo",
@@ -149,8 +148,8 @@ def bench(
     from ..latency import LatencyConfig, TimingPolicy, parse_formats, prune_copy, run_latency, write_latency
     from ..layers import prunable_layers
     from ..models import load_model
-    from ..output import atomic_directory, check_output
     from ..pruning import PruneSpec
+    from ..report.output import atomic_directory, check_output
 
     if min_time <= 0:
         raise PrunescopeError("--min-time must be > 0")

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..cli import app, console, user_errors
+from .common import console, user_errors
 
 
-@app.command()
 @user_errors
 def sweep(
     model: Annotated[str, typer.Option("--model", "-m", help="Hub id, local directory, or 'demo'.")] = "demo",
@@ -49,9 +48,9 @@ def sweep(
     progress: Annotated[bool, typer.Option()] = True,
 ) -> None:
     """Map behaviour, size and FLOPs against sparsity; rerun the same command to resume."""
-    from ..study import StudyConfig
-    from ..sweep import SweepConfig, run_sweep
-    from ..sweep_report import threshold_crossings
+    from ..experiments.study import StudyConfig
+    from ..experiments.sweep import SweepConfig, run_sweep
+    from ..report.sweep import threshold_crossings
 
     base = StudyConfig(
         model=model,

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ..errors import PrunescopeError
-from ..heap import trim_heap
 from ..layers import Conv1D, linear_weight, set_module
+from ..util.heap import trim_heap
 from .base import SparseLinear
 from .csr import CSRLinear
 

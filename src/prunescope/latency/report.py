@@ -10,7 +10,7 @@ import pandas as pd
 from torch import nn
 
 from ..errors import PrunescopeError
-from ..output import write_json
+from ..report.output import write_json
 from .benchmark import LatencyConfig, LatencyResult, _context_length, dense_copy, prune_copy, run_latency
 from .variants import MASKED, parse_formats
 
@@ -114,7 +114,7 @@ def render_markdown(result: LatencyResult, plots: bool = False) -> str:
 
 
 def write_plots(result: LatencyResult, directory: str | Path) -> list[Path]:
-    from ..plots_latency import plot_measured_vs_theory, plot_model_speedup, plot_speedup_vs_tokens
+    from ..report.plots_latency import plot_measured_vs_theory, plot_model_speedup, plot_speedup_vs_tokens
 
     directory = Path(directory)
     layers, model = frames(result)

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import PrunescopeError
-from ..heap import trim_heap
 from ..layers import linear_shape
+from ..util.heap import trim_heap
 from .magnitude import prune_by_score
 from .record import LayerChange, PruneRecord, restore_layer
 from .spec import METHODS, NATURAL_SCOPE, Pattern, PruneSpec

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import PrunescopeError
 from ..layers import linear_shape, linear_weight
-from ..progress import track
+from ..util.progress import track
 from .record import LayerChange
 from .sparsegpt import HessianStats, prune_sparsegpt
 from .spec import PruneSpec

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..corpus import builtin_texts, read_corpus
 from ..errors import PrunescopeError
+from ..evaluation.corpus import builtin_texts, read_corpus
 
 # Tokenizing the whole demo train split (~12 MB of code) would cost more than pruning; a seeded random subset
 # of documents holding this many characters per requested token keeps the windows diverse and cheap.
@@ -27,7 +27,7 @@ _CHARS_PER_TOKEN_BUDGET = 16
 
 def _demo_train_documents(seed: int) -> list[str]:
     """Demo train-split documents in seeded random order (held-out modules and their packages excluded)."""
-    from .. import demo
+    from ..demo import corpus as demo
 
     docs = demo.stdlib_documents()
     listing = Path(demo.DEMO_MODEL_DIR) / demo.HELDOUT_FILE

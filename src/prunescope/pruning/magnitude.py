@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..heap import trim_heap
 from ..layers import linear_weight
+from ..util.heap import trim_heap
 from .record import LayerChange, apply_mask
 from .selection import global_smallest_masks, n_m_mask, row_smallest_mask, smallest_mask
 from .spec import PruneSpec

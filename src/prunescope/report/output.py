@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import PrunescopeError
+from ..errors import PrunescopeError
 
 
 def check_output(out: str | Path, overwrite: bool) -> Path:

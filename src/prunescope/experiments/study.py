@@ -20,15 +20,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import __version__
-from .behaviour import Behaviour, compare, compute_reference
-from .corpus import load_texts, make_batches, tokenize_windows
-from .errors import PrunescopeError
-from .formats import FORMATS, check_format_support, convert
-from .layers import prunable_layers
-from .models import LoadedModel, load_model
-from .pruning import PruneRecord, PruneSpec, prune, restore
-from .structure import attention_score_flops, global_summary, group_table, layer_table
+from ..errors import PrunescopeError
+from ..evaluation.behaviour import Behaviour, compare, compute_reference
+from ..evaluation.corpus import load_texts, make_batches, tokenize_windows
+from ..formats import FORMATS, check_format_support, convert
+from ..layers import prunable_layers
+from ..models import LoadedModel, load_model
+from ..pruning import PruneRecord, PruneSpec, prune, restore
+from ..structure import attention_score_flops, global_summary, group_table, layer_table
+from ..version import __version__
 
 BASE_VARIANTS = ("dense", "masked")
 
@@ -228,7 +228,7 @@ class Workbench:
             return None
         key = (spec.calib_samples, spec.calib_seqlen)
         if key not in self._calibration:
-            from .pruning.calibration import calibration_samples
+            from ..pruning.calibration import calibration_samples
 
             self._calibration[key] = calibration_samples(
                 self.loaded.tokenizer,
@@ -331,7 +331,7 @@ def run_study(
     latency: dict = {}
 
     def measure_latency(record: PruneRecord) -> None:
-        from .latency import latency_section
+        from ..latency import latency_section
 
         start = time.perf_counter()
         latency.update(

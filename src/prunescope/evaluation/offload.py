@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import PrunescopeError
+from ..models import resolve_device, resolve_dtype
 from .behaviour import Behaviour, compare, compute_reference
 from .corpus import load_texts, make_batches, tokenize_windows
-from .errors import PrunescopeError
-from .models import resolve_device, resolve_dtype
 
 
 class OffloadedModel(nn.Module):

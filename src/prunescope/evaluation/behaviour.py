@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..util.progress import track
 from .corpus import Batch
-from .progress import track
 
 TOP_K = 5
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import PrunescopeError
+from ..errors import PrunescopeError
 
 
 def builtin_texts() -> list[str]:
     """The small English set written for this project (used for any model but the demo)."""
-    text = resources.files("prunescope").joinpath("data/english.txt").read_text(encoding="utf-8")
+    text = resources.files("prunescope").joinpath("evaluation/data/english.txt").read_text(encoding="utf-8")
     return split_blocks(text)
 
 
@@ -59,7 +59,7 @@ def read_corpus(path: str | Path) -> list[str]:
 def default_texts(model_name: str) -> list[str]:
     """The demo model is evaluated on its held-out stdlib modules; any other model on the English set."""
     if model_name == "demo":
-        from .demo import heldout_texts
+        from ..demo.corpus import heldout_texts
 
         return heldout_texts()
     return builtin_texts()

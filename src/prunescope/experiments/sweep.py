@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import PrunescopeError
-from .formats import FORMATS
-from .output import write_json
-from .progress import make_progress
-from .pruning import Pattern
+from ..errors import PrunescopeError
+from ..formats import FORMATS
+from ..pruning import Pattern
+from ..report.output import write_json
+from ..util.progress import make_progress
 from .study import StudyConfig, Workbench, parse_list, peak_rss_bytes
 
 POINTS_FILE = "points.jsonl"
@@ -206,7 +206,7 @@ def run_sweep(
     else:
         run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     table = results_table(out)
-    from .sweep_report import write_sweep_report
+    from ..report.sweep import write_sweep_report
 
     write_sweep_report(table, config, out, run)
     return table
@@ -217,7 +217,7 @@ def layer_speedups(bench: Workbench, record, variants: list[str]) -> dict[str, d
 
     Layers of one shape are timed once and weighted by how many layers have that shape.
     """
-    from .latency import LatencyConfig, TimingPolicy, latency_section
+    from ..latency import LatencyConfig, TimingPolicy, latency_section
 
     config = LatencyConfig(
         tokens=[1, 64],

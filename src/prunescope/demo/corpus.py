@@ -1,6 +1,6 @@
 """The shipped demo model: its corpus (this interpreter's stdlib) and its held-out evaluation.
 
-The training recipe is in ``demo_training.py``.
+The training recipe is in ``training.py`` beside this module.
 
 Corpus. ``stdlib_documents`` reads every ``*.py`` file of the *running* interpreter's standard library
 (``sysconfig.get_paths()["stdlib"]``). It skips ``site-packages`` (third-party code, differs per machine),
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from prunescope.errors import PrunescopeError
+from ..errors import PrunescopeError
 
-DEMO_MODEL_DIR: Path = Path(__file__).parent / "demo_model"
+DEMO_MODEL_DIR: Path = Path(__file__).parent / "model"
 
 HELDOUT_FILE = "heldout_modules.json"
 UNIGRAM_FILE = "unigram.json"

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from prunescope.demo import (
+from ..errors import PrunescopeError
+from .corpus import (
     BOS_ID,
     BOS_TOKEN,
     HELDOUT_FILE,
@@ -33,7 +34,6 @@ from prunescope.demo import (
     split_modules,
     stdlib_documents,
 )
-from prunescope.errors import PrunescopeError
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "vocab_size": 4096,
@@ -349,7 +349,7 @@ def train_demo(
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "command": {
-            "python": f"from prunescope.demo_training import train_demo; {call}",
+            "python": f"from prunescope.demo.training import train_demo; {call}",
             "cli": f"prunescope train-demo --out {shlex.quote(str(out))} --seed {seed} --minutes {minutes}",
         },
     }

@@ -1,0 +1,110 @@
+"""`prunescope study`: prune one model copy and compare its dense, masked and sparse-format variants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import DeviceOpt, DtypeOpt, ModelOpt, console, user_errors
+
+
+def print_summary(summary, title: str) -> None:
+    table = Table(title=title)
+    # (column, header, format, scale): short headers keep the table readable in 80 columns.
+    columns = [
+        ("variant", "variant", "{}", None),
+        ("stored_bytes", "MB", "{:.3f}", 1e-6),
+        ("sparsity", "sparsity", "{:.3f}", None),
+        ("pruned_layer_sparsity", "pruned", "{:.3f}", None),
+        ("flops_per_token", "MFLOP/tok", "{:.3f}", 1e-6),
+        ("top1_agreement", "top-1", "{:.4f}", None),
+        ("top5_overlap", "top-5", "{:.4f}", None),
+        ("kl_mean", "KL", "{:.3g}", None),
+        ("perplexity", "ppl", "{:.3f}", None),
+    ]
+    for name, header, _, _ in columns:
+        table.add_column(header, justify="left" if name == "variant" else "right")
+    for _, row in summary.iterrows():
+        table.add_row(
+            *[fmt.format(row[name] * scale if scale else row[name]) for name, _, fmt, scale in columns]
+        )
+    console.print(table)
+
+
+@user_errors
+def study(
+    model: ModelOpt = "demo",
+    sparsity: Annotated[
+        float | None, typer.Option(help="Fraction of prunable weights set to zero [0, 1).")
+    ] = None,
+    method: Annotated[str, typer.Option(help="magnitude, random, wanda or sparsegpt.")] = "magnitude",
+    scope: Annotated[
+        str | None, typer.Option(help="global, layer or row (default: the method's own).")
+    ] = None,
+    pattern: Annotated[str, typer.Option(help="unstructured or N:M, e.g. 2:4.")] = "unstructured",
+    variants: Annotated[
+        str, typer.Option(help="Comma list of dense, masked and formats (csr, bitmask, ...).")
+    ] = "dense,masked,csr",
+    include: Annotated[
+        list[str] | None, typer.Option(help="Glob on module names to prune (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Glob on module names to keep dense (repeatable).")
+    ] = None,
+    corpus: Annotated[str | None, typer.Option(help=".txt (blank-line blocks) or .jsonl ('text').")] = None,
+    seqlen: Annotated[int | None, typer.Option(help="Window length (default min(256, context)).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Evaluation token budget.")] = 4096,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    calibration: Annotated[str | None, typer.Option(help="Calibration text file, or 'builtin'.")] = None,
+    calib_samples: Annotated[int, typer.Option()] = 128,
+    calib_seqlen: Annotated[int | None, typer.Option()] = None,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/study"),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing results folder.")] = False,
+    latency: Annotated[bool, typer.Option(help="Also measure layer/model latency per format.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Prune a model and compare the dense, masked and sparse-format variants."""
+    from ..experiments.study import StudyConfig, run_study
+    from ..report.output import atomic_directory, check_output
+    from ..report.study import write_study
+
+    config = StudyConfig(
+        model=model,
+        sparsity=sparsity,
+        method=method,
+        scope=scope,
+        pattern=pattern,
+        variants=variants,
+        include=include or [],
+        exclude=exclude or [],
+        corpus=corpus,
+        seqlen=seqlen,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        calibration=calibration,
+        calib_samples=calib_samples,
+        calib_seqlen=calib_seqlen,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        latency=latency,
+    )
+    check_output(out, overwrite)
+    with atomic_directory(out, overwrite) as tmp:
+        result = run_study(config, work_dir=tmp / "_work", progress=progress, results_dir=tmp)
+        import shutil
+
+        shutil.rmtree(tmp / "_work", ignore_errors=True)
+        write_study(result, tmp)
+    print_summary(
+        result.summary,
+        f"{model}: {result.spec.method} {result.spec.sparsity:g} "
+        f"({result.spec.effective_scope}, {result.spec.pattern})",
+    )
+    console.print(f"results: {out}/ (report.md, summary.csv, layers.csv, groups.csv, run.json, plots)")

@@ -1,0 +1,1 @@
+"""The bundled demo model: its folder (`model/`), its corpus split (`corpus`), its training recipe."""

@@ -1,0 +1,1 @@
+"""Evaluation: corpora and windows, the dense reference and behaviour metrics, offloaded evaluation."""
