@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard src/prunescope/formats/_native/*.c)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, so no other requirement can pull a different (multi-GB) build
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,tasks]"
 	touch $@
 
 demo: $(STAMP)
