@@ -35,6 +35,7 @@ from prunescope.latency import (
     parse_formats,
     prune_copy,
 )
+from prunescope.latency.machine import machine_line
 from prunescope.latency.report import json_rows
 from prunescope.layers import prunable_layers
 from prunescope.pruning import PruneSpec, prune
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=8)
     parser.add_argument("--no-model", action="store_true", help="skip the OPT model-level prefill/decode")
     parser.add_argument("--no-llama", action="store_true", help="skip the 11008x4096 layer")
+    parser.add_argument(
+        "--cache", choices=("cold", "hot"), default="cold", help="cold: every call reads uncached weights"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens=tokens,
         policy=TimingPolicy(min_time=args.min_time, min_repeats=7, max_time=1.5),
         model_level=False,
+        cache=args.cache,
     )
     model_config = LatencyConfig(
         formats=formats,
@@ -206,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         decode_prompt=16,
         policy=TimingPolicy(warmup=1, min_time=0.0, min_repeats=3, max_time=2.0),
         model_level=not args.no_model,
+        cache=args.cache,
     )
     rows: list[dict] = []
     model = opt_125m()
@@ -219,14 +225,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows += bench_llama(sparsity, layer_config, layer)
         # Partial results survive an interrupted run.
-        save(
-            args.out, environment(torch.device("cpu"), torch.float32), layer_config, model_config, start, rows
-        )
+        env = environment(torch.device("cpu"), torch.float32, args.cache)
+        save(args.out, env, layer_config, model_config, start, rows)
     print_layer_table(rows)
     print_model_table(rows)
-    env = environment(torch.device("cpu"), torch.float32)
+    env = environment(torch.device("cpu"), torch.float32, args.cache)
     console.print(
-        f"{env['cpu']}, {env['threads']} threads, BLAS {env['blas']}, MKL {env['mkl_available']}, "
+        f"{machine_line(env['machine'])}, BLAS {env['blas']}, MKL {env['mkl_available']}, "
         f"oneDNN {env['mkldnn_available']}, load average {env['load_average_1m']}, "
         f"{time.perf_counter() - start:.0f} s",
         highlight=False,

@@ -2,10 +2,14 @@
 
     python benchmarks/bench_methods.py --out methods.json
     python benchmarks/bench_methods.py --peer-python /tmp/peer-venv/bin/python  # + llm-compressor
+    python benchmarks/bench_methods.py --methods wanda,ria,wanda+owl,wanda+dsnot --sparsities 0.5,0.6,0.7 \
+        --patterns unstructured                                                  # the methods after Wanda
 
-Every method prunes the same model (restored to dense in between) at 50 % unstructured and at 2:4, with the
-same calibration windows; behaviour is measured on the same evaluation batches against one dense reference
-(`prunescope.behaviour`, the convention of `prunescope study`).
+Every method prunes the same model (restored to dense in between) at each `--sparsities` value (default
+50, 60, 70 %) unstructured and at 2:4, with the same calibration windows; a method may carry OWL allocation
+and / or DSnoT refinement as in a sweep's method label (`wanda+owl`, `wanda+dsnot`). Behaviour is measured
+on the same evaluation batches against one dense reference (`prunescope.behaviour`, the convention of
+`prunescope study`).
 
 Peak memory: the process's resident-set high-water mark is reset before each run (Linux: writing 5 to
 /proc/self/clear_refs resets VmHWM), so `peak_rss_delta_mb` is the extra resident memory that run needed over
@@ -39,12 +43,11 @@ import torch  # noqa: E402
 
 from prunescope.evaluation.behaviour import compare, compute_reference  # noqa: E402
 from prunescope.evaluation.corpus import load_texts, make_batches, tokenize_windows  # noqa: E402
+from prunescope.experiments.sweep import parse_method_label  # noqa: E402
 from prunescope.layers import linear_weight, prunable_layers  # noqa: E402
 from prunescope.models import load_model, resolve_model_path  # noqa: E402
 from prunescope.pruning import PruneSpec, prune, restore  # noqa: E402
 from prunescope.pruning.calibration import calibration_samples  # noqa: E402
-
-PATTERNS = {"unstructured": 0.5, "2:4": None}
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -190,8 +193,10 @@ def peer_compare(args, layers, spec, ours: dict, calibration_file: str, evaluate
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
-    parser.add_argument("--methods", default="magnitude,random,wanda,sparsegpt")
+    parser.add_argument("--methods", default="magnitude,random,wanda,sparsegpt,ria,wanda+owl,wanda+dsnot")
     parser.add_argument("--patterns", default="unstructured,2:4")
+    parser.add_argument("--sparsities", default="0.5,0.6,0.7", help="comma list, unstructured pattern only")
+    parser.add_argument("--refine-threshold", type=float, default=0.1, help="DSnoT's |error| threshold")
     parser.add_argument("--calib-samples", type=int, default=128)
     parser.add_argument("--calib-seqlen", type=int, default=None, help="default: the evaluation seqlen")
     parser.add_argument("--calibration", default=None, help="text file, or builtin (default)")
@@ -230,46 +235,56 @@ def main() -> None:
     calib_dir = tempfile.TemporaryDirectory()
     calibration_file = str(Path(calib_dir.name) / "calibration.pt")
     torch.save(calibration, calibration_file)
-    for pattern in args.patterns.split(","):
-        for method in args.methods.split(","):
-            spec = PruneSpec.create(method, PATTERNS.get(pattern, None), pattern, seed=args.seed)
-            exact = reset_peak_rss()
-            before = rss_mb()
-            start = time.perf_counter()
-            record = prune(
-                model, layers, spec, calibration if spec.needs_calibration else None, progress=False
-            )
-            seconds = time.perf_counter() - start
-            peak = peak_rss_mb()
-            behaviour = evaluate(f"{method} {pattern}")
-            # Our pruned weights, kept only to compare with the peer's.
-            ours = {}
-            if args.peer_python:
-                ours = {name: linear_weight(m).detach().clone() for name, m in layers.items()}
-            row = {
-                "method": method,
-                "pattern": pattern,
-                "sparsity": record.pruned_count() / record.total_count(),
-                "perplexity": behaviour.perplexity,
-                "top1_agreement": behaviour.top1_agreement,
-                "kl_mean": behaviour.kl_mean,
-                "prune_seconds": seconds,
-                "peak_rss_mb": peak,
-                "peak_rss_delta_mb": peak - before if exact else None,
-                "restore_record_mb": record.nbytes / 2**20,
-            }
-            restore(model, record)
-            if args.peer_python and spec.needs_calibration:
-                try:
-                    row.update(peer_compare(args, layers, spec, ours, calibration_file, evaluate))
-                except Exception as error:  # report, keep benchmarking
-                    row["peer_error"] = f"{type(error).__name__}: {error}"[:500]
-            rows.append(row)
-            print(
-                f"{method:>10} {pattern:>12}  ppl {row['perplexity']:8.3f}  "
-                f"top1 {row['top1_agreement']:.4f}  {seconds:6.1f} s",
-                file=sys.stderr,
-            )
+    points = [
+        (pattern, float(s) if pattern == "unstructured" else None, label)
+        for pattern in args.patterns.split(",")
+        for s in (args.sparsities.split(",") if pattern == "unstructured" else [None])
+        for label in args.methods.split(",")
+    ]
+    for pattern, target, label in points:
+        if pattern != "unstructured" and "owl" in label:
+            continue  # OWL allocates unstructured sparsity only
+        method, extensions = parse_method_label(label)
+        spec = PruneSpec.create(
+            method, target, pattern, seed=args.seed, refine_threshold=args.refine_threshold, **extensions
+        )
+        exact = reset_peak_rss()
+        before = rss_mb()
+        start = time.perf_counter()
+        record = prune(model, layers, spec, calibration if spec.needs_calibration else None, progress=False)
+        seconds = time.perf_counter() - start
+        peak = peak_rss_mb()
+        behaviour = evaluate(f"{label} {pattern} {spec.sparsity:g}")
+        # Our pruned weights, kept only to compare with the peer's.
+        ours = {}
+        if args.peer_python:
+            ours = {name: linear_weight(m).detach().clone() for name, m in layers.items()}
+        row = {
+            "method": label,
+            "pattern": pattern,
+            "target_sparsity": spec.sparsity,
+            "sparsity": record.pruned_count() / record.total_count(),
+            "perplexity": behaviour.perplexity,
+            "top1_agreement": behaviour.top1_agreement,
+            "kl_mean": behaviour.kl_mean,
+            "prune_seconds": seconds,
+            "peak_rss_mb": peak,
+            "peak_rss_delta_mb": peak - before if exact else None,
+            "restore_record_mb": record.nbytes / 2**20,
+        }
+        restore(model, record)
+        # The peer has Wanda and SparseGPT only, without OWL / DSnoT.
+        if args.peer_python and method in ("wanda", "sparsegpt") and not extensions:
+            try:
+                row.update(peer_compare(args, layers, spec, ours, calibration_file, evaluate))
+            except Exception as error:  # report, keep benchmarking
+                row["peer_error"] = f"{type(error).__name__}: {error}"[:500]
+        rows.append(row)
+        print(
+            f"{label:>16} {pattern:>12} {spec.sparsity:4.2f}  ppl {row['perplexity']:8.3f}  "
+            f"top1 {row['top1_agreement']:.4f}  {seconds:6.1f} s",
+            file=sys.stderr,
+        )
     calib_dir.cleanup()
 
     result = {
@@ -285,6 +300,7 @@ def main() -> None:
             "source": args.calibration or "builtin",
             "seconds_to_build": calibration_seconds,
         },
+        "refine_threshold": args.refine_threshold,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "rows": rows,
@@ -296,15 +312,20 @@ def main() -> None:
 
 def print_table(rows: list[dict]) -> None:
     peer = any("peer_perplexity" in r or "peer_error" in r for r in rows)
-    header = f"{'method':>10} {'pattern':>12} {'ppl':>9} {'top1':>7} {'time s':>7} {'peak MB':>8} {'+MB':>7}"
+    header = (
+        f"{'method':>16} {'pattern':>12} {'s':>4} {'ppl':>9} {'top1':>7} {'KL':>7} {'time s':>7}"
+        f" {'peak MB':>8} {'+MB':>7}"
+    )
     if peer:
         header += f" {'peer ppl':>9} {'peer top1':>9} {'mask agree':>10} {'W diff':>8}"
     print(header)
     for r in rows:
-        line = f"{r['method']:>10} {r['pattern']:>12} {r['perplexity']:9.3f} {r['top1_agreement']:7.4f}"
+        target = f"{r['target_sparsity']:4.2f}" if "target_sparsity" in r else "   -"
+        line = f"{r['method']:>16} {r['pattern']:>12} {target} {r['perplexity']:9.3f}"
+        line += f" {r['top1_agreement']:7.4f}"
         if "prune_seconds" in r:
             delta = r["peak_rss_delta_mb"] if r["peak_rss_delta_mb"] is not None else float("nan")
-            line += f" {r['prune_seconds']:7.2f} {r['peak_rss_mb']:8.0f} {delta:7.0f}"
+            line += f" {r['kl_mean']:7.4f} {r['prune_seconds']:7.2f} {r['peak_rss_mb']:8.0f} {delta:7.0f}"
         if "peer_perplexity" in r:
             line += (
                 f" {r['peer_perplexity']:9.3f} {r['peer_top1_agreement']:9.4f} {r['mask_agreement']:10.4f}"

@@ -14,12 +14,20 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["bench_study", "bench_kernels", "bench_latency", "bench_methods", "bench_sweep", "bench_large"]
+SCRIPTS = [
+    "bench_study",
+    "bench_kernels",
+    "bench_decode",
+    "bench_latency",
+    "bench_methods",
+    "bench_sweep",
+    "bench_large",
+]
 # Speed benchmarks run with PyTorch's THP_MEM_ALLOC_ENABLE=1: every tensor of 2 MB and more (dense weights,
 # sparse values, activations) on transparent huge pages.  It applies to dense and sparse alike, and removes
 # the ~10 % speed differences between two copies of one weight that 4 KB pages leave (TLB misses, placement).
 # Memory benchmarks keep the default, whose RSS is what a user sees.
-HUGE_PAGES = {"bench_kernels", "bench_latency"}
+HUGE_PAGES = {"bench_kernels", "bench_decode", "bench_latency"}
 
 
 def main() -> None:

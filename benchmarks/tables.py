@@ -62,20 +62,62 @@ def model_table(latency: dict) -> list[str]:
     return lines
 
 
+def machine_of(payload: dict) -> str:
+    """The machine line a result recorded (results from before issue 17 have none)."""
+    from prunescope.latency.machine import machine_line
+
+    meta = payload.get("meta", {})
+    facts = meta.get("machine_facts") or meta.get("environment", {}).get("machine")
+    return machine_line(facts) if facts else "machine not recorded"
+
+
 def kernel_table(kernels: dict) -> list[str]:
     lines = [
-        "| shape (out x in) | s | n | bitmask / own dense GEMV | bitmask / F.linear | csr16 / own dense "
-        "| torch CSR / F.linear | own dense / F.linear | traffic bound | auto picks (vs best) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"<!-- {machine_of(kernels)} -->",
+        "| shape (out x in) | dtype | s | n | bitmask / best dense (of bound) | bitmask / own dense "
+        "| bitmask / F.linear | csr16 / own dense | torch CSR / F.linear | own dense / F.linear "
+        "| traffic bound | auto picks (vs best) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in kernels["rows"]:
         dc, fl = r["speedup_vs_dense_c"], r["speedup_vs_f_linear"]
         auto = f"{r['auto_choice']} ({r['auto_vs_best']:.2f})" if "auto_choice" in r else "-"
+        best = r.get("speedup_vs_best_dense", {}).get("bitmask")
+        best_cell = f"{best:.2f} ({best / r['traffic_bound']:.2f})" if best else "-"
+        tcsr = f"{fl['torch_csr']:.2f}" if "torch_csr" in fl else "-"
         lines.append(
-            f"| {r['out']}x{r['in']} | {r['sparsity']:g} | {r['n']} "
-            f"| {dc['bitmask']:.2f} | {fl['bitmask']:.2f} | {dc['csr16']:.2f} | {fl['torch_csr']:.2f} "
+            f"| {r['out']}x{r['in']} | {r.get('dtype', 'float32')} | {r['sparsity']:g} | {r['n']} "
+            f"| {best_cell} | {dc['bitmask']:.2f} | {fl['bitmask']:.2f} | {dc['csr16']:.2f} | {tcsr} "
             f"| {fl['dense_c']:.2f} | {r['traffic_bound']:.2f} | {auto} |"
         )
+    return lines
+
+
+def decode_table(decode: dict) -> list[str]:
+    """bench_decode.json: decode tokens/s and speedup per batch, prefill speedup per length."""
+    rows = decode["rows"]
+    batches = sorted({r["batch"] for r in rows if r["kind"] == "decode"})
+    lengths = sorted({r["seqlen"] for r in rows if r["kind"] == "prefill"})
+    model = decode["meta"]["model"]
+    lines = [
+        f"<!-- {machine_of(decode)}; {model['parameters'] / 1e6:.0f}M-parameter Llama-shaped, "
+        f"{model['dtype']}, s = {model['sparsity']} -->",
+        "| format | "
+        + " | ".join(f"decode b={b}: tok/s, speedup (of bound)" for b in batches)
+        + " | "
+        + " | ".join(f"prefill 1x{n}" for n in lengths)
+        + " |",
+        "|---|" + "---|" * (len(batches) + len(lengths)),
+    ]
+    for name in dict.fromkeys(r["format"] for r in rows):
+        cells = []
+        for b in batches:
+            hit = next(r for r in rows if r["kind"] == "decode" and r["batch"] == b and r["format"] == name)
+            cells.append(f"{hit['tokens_per_s']:.1f}, {hit['speedup']:.2f} ({hit['fraction_of_bound']:.2f})")
+        for n in lengths:
+            hit = next(r for r in rows if r["kind"] == "prefill" and r["seqlen"] == n and r["format"] == name)
+            cells.append(f"{hit['speedup']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -88,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         latency = json.loads(latency_path.read_text())
         print("\n".join(["<!-- layer level -->", *layer_table(latency), ""]))
         print("\n".join(["<!-- model level -->", *model_table(latency), ""]))
+    decode_path = args.results / "bench_decode.json"
+    if decode_path.exists():
+        print("\n".join(["<!-- decode -->", *decode_table(json.loads(decode_path.read_text())), ""]))
     if kernels_path.exists():
         kernels = json.loads(kernels_path.read_text())
         print("\n".join(["<!-- kernels -->", *kernel_table(kernels), ""]))

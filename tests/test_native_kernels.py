@@ -200,6 +200,36 @@ def test_auto_picks_a_candidate_with_matching_output():
         choose_format(w, b, candidates=("coo",))
 
 
+@pytest.mark.parametrize("cache", ["cold", "hot"])
+def test_auto_at_decode_and_prefill_counts(cache):
+    w = _pruned(64, 128, 0.5, torch.float32, seed=3)
+    module = choose_format(w, None, n_tokens=(1, 20), repeats=2, cache=cache)
+    assert module.auto_cache == cache and set(module.auto_timings_by_n) == {1, 20}
+    assert module.auto_timings == module.auto_timings_by_n[1]
+    x = torch.randn(20, 128)
+    _check_close(module(x), x, w, None)
+    with pytest.raises(PrunescopeError, match="cache"):
+        choose_format(w, None, cache="warm")
+    with pytest.raises(PrunescopeError, match="token"):
+        choose_format(w, None, n_tokens=(0,))
+
+
+def test_auto_rule_keeps_prefill_speed():
+    from prunescope.formats.auto import _fastest
+
+    # bitmask wins decode by 2x but is 0.9x dense at prefill: not taken; csr16 keeps 0.97x and wins decode
+    best = {
+        1: {"dense": 1.0, "bitmask": 0.5, "csr16": 0.8},
+        64: {"dense": 1.0, "bitmask": 1 / 0.9, "csr16": 1.03},
+    }
+    assert _fastest(best, [1, 64], margin=0.03, keep=0.95) == "csr16"
+    best[64]["csr16"] = 1.2
+    assert _fastest(best, [1, 64], margin=0.03, keep=0.95) == "dense"
+    assert _fastest(best, [1], margin=0.03, keep=0.95) == "bitmask"
+    # within the margin of dense at decode: dense
+    assert _fastest({1: {"dense": 1.0, "bitmask": 0.99}}, [1], margin=0.03, keep=0.95) == "dense"
+
+
 def test_custom_ops_under_torch_compile():
     try:
         import torch._inductor.config  # noqa: F401
@@ -220,6 +250,54 @@ def test_custom_ops_under_torch_compile():
     torch.testing.assert_close(compiled(x), expected)
     assert torch.ops.prunescope.bitmask_linear.default is not None
     assert torch.ops.prunescope.csr16_linear.default is not None
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2", "scalar"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unpack_rows_matches_to_dense(kernel, dtype):
+    _skip_unless(kernel)
+    # s = 0 reaches the end of the value buffer inside a full 8-lane load; 1000 columns leave a tail word
+    for sparsity in (0.5, 0.0, 1.0):
+        w = _pruned(70, 1000, sparsity, dtype, seed=5)
+        m = BitmaskLinear.from_dense(w)
+        for r0, r1 in ((0, 70), (3, 40), (69, 70), (10, 10)):
+            out = torch.full((r1 - r0, 1000), float("nan"))
+            native.bitmask_unpack(m.values, m.mask, m.row_offsets, 1000, r0, r1, out, kernel)
+            assert torch.equal(out, w[r0:r1].float()), (sparsity, r0, r1)
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_panel_path_over_several_panels(kernel, dtype):
+    """From PANEL_MIN_TOKENS tokens on, decompressed panels go through torch.mm; several panels and a
+    partial last one, against F.linear and against the expand-and-FMA kernel of the same weight."""
+    _skip_unless(kernel)
+    rows = native.panel_rows(300)
+    out = 2 * rows + 37
+    w = _pruned(out, 300, 0.6, dtype, seed=6)
+    b = torch.randn(out).to(dtype)
+    module = BitmaskLinear.from_dense(w, b)
+    module.kernel = kernel
+    for n in (native.PANEL_MIN_TOKENS, native.PANEL_MIN_TOKENS + 3, 70):
+        x = torch.randn(n, 300)
+        y = module(x)
+        _check_close(y, x, w, b)
+        below = torch.cat([module(x[i : i + 8]) for i in range(0, n, 8)])  # 8 tokens: the FMA kernel
+        torch.testing.assert_close(y, below, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2", "scalar"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dense_reference_kernel_16_bit(kernel, dtype):
+    _skip_unless(kernel)
+    for out, inp in ((1, 1), (5, 17), (67, 1000), (9, 64)):
+        w = _pruned(out, inp, 0.0, dtype, seed=out)
+        b = torch.randn(out)
+        for n in (1, 3):
+            x = torch.randn(n, inp)
+            _check_close(native.dense_matmul(x, w, b, kernel), x, w, b)
+    with pytest.raises(PrunescopeError, match="dense reference"):
+        native.dense_matmul(torch.randn(1, 4), torch.randn(3, 4, dtype=torch.float64), kernel=kernel)
 
 
 @pytest.mark.parametrize("kernel", ["avx512", "avx2", "scalar", "torch"])

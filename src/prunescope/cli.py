@@ -6,9 +6,11 @@ import sys
 
 import typer
 
-from .commands import bench, evaluate, inspect, prune, study, sweep, train_demo
+from .commands import bench, evaluate, inspect, prune, sensitivity, study, sweep, train_demo
+from .commands.common import OneLineErrors
 
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -21,6 +23,7 @@ app.command("inspect")(inspect.inspect)
 app.command("prune")(prune.prune_command)
 app.command("evaluate")(evaluate.evaluate)
 app.command("train-demo")(train_demo.train_demo_command)
+app.command("sensitivity")(sensitivity.sensitivity)
 
 
 def main() -> None:  # pragma: no cover

@@ -44,6 +44,7 @@ class StreamPruneResult:
     outputs: dict[str, dict] = field(default_factory=dict)  # format -> folder, bytes, files
     checkpoint_bytes: int = 0
     seconds: float = 0.0
+    details: dict = field(default_factory=dict)  # OWL allocation / DSnoT summary (`PruneRecord.details`)
 
     @property
     def pruned(self) -> int:
@@ -63,6 +64,7 @@ class StreamPruneResult:
             "outputs": self.outputs,
             "seconds": self.seconds,
             "layers": self.layers,
+            **self.details,
         }
 
 
@@ -151,7 +153,8 @@ def prune_checkpoint(
 ) -> StreamPruneResult:
     """Write the pruned checkpoint of `source` into `out` (an empty folder) in format hf, sparse or both.
 
-    `calibration`: token-id tensors (1, seqlen) for wanda / sparsegpt (see `pruning.calibration`).
+    `calibration`: token-id tensors (1, seqlen) for wanda / sparsegpt / ria, OWL or DSnoT
+    (see `pruning.calibration`).
     """
     if spec.needs_calibration and not calibration:
         raise PrunescopeError(f"{spec.method} needs calibration data; none was given")
@@ -279,7 +282,9 @@ def _write_calibrated(
                 writer.end_pruned()
             result.layers[name] = {"tensor": tensor, "weights": entry.numel, "pruned": 0}
 
-    counts = prune_blocks(model, checkpoint, to_tensor, layers, spec, calibration, write_block, progress)
+    counts = prune_blocks(
+        model, checkpoint, to_tensor, layers, spec, calibration, write_block, progress, result.details
+    )
     for name, count in counts.items():
         result.layers[name]["pruned"] = count
     for tensor in _processing_order(model, mapping, checkpoint):

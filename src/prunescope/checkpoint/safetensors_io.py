@@ -104,6 +104,16 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorEntry], dict[str, str
     return entries, metadata
 
 
+def check_whole(path: str | Path, entries: dict[str, TensorEntry]) -> None:
+    """The file holds every byte its header describes (a cut-off download or copy fails here, by name)."""
+    needed = max((entry.end for entry in entries.values()), default=0)
+    size = Path(path).stat().st_size
+    if size < needed:
+        raise PrunescopeError(
+            f"{path} is truncated: its header describes {needed:,} bytes, the file has {size:,}"
+        )
+
+
 class Checkpoint:
     """The tensors of a safetensors checkpoint: a folder (single file or sharded with an index) or a file."""
 
@@ -129,6 +139,7 @@ class Checkpoint:
             if not file.is_file():
                 raise PrunescopeError(f"shard {file.name} listed in the index is missing")
             entries, metadata = read_header(file)
+            check_whole(file, entries)
             self.entries.update(entries)
             self.metadata.update(metadata)
         self._handles: dict[Path, object] = {}

@@ -12,7 +12,19 @@ import typer
 from rich.table import Table
 
 from ..errors import PrunescopeError
-from .common import DeviceOpt, DtypeOpt, ModelOpt, console, err_console, user_errors
+from .common import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OutOpt,
+    OverwriteOpt,
+    ProgressOpt,
+    SeedOpt,
+    at_least,
+    console,
+    err_console,
+    user_errors,
+)
 
 
 def parse_ints(text: str, what: str) -> list[int]:
@@ -137,12 +149,23 @@ def bench(
     decode_tokens: Annotated[int, typer.Option(help="Tokens generated per decode measurement.")] = 16,
     min_time: Annotated[float, typer.Option(help="Seconds of samples per measurement (at least).")] = 0.2,
     layers_only: Annotated[bool, typer.Option(help="Skip the model-level prefill/decode runs.")] = False,
+    cache: Annotated[
+        str,
+        typer.Option(
+            help="cold: every timed call reads weights in no cache (rotated copies > 2x the last-level "
+            "cache, or a flush), as decode of a large model does; hot: one copy, repeated."
+        ),
+    ] = "cold",
+    auto_tokens: Annotated[
+        str, typer.Option(help="Token counts `auto` times each layer at: decode first, then prefill.")
+    ] = "1,64",
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
-    seed: Annotated[int, typer.Option()] = 0,
-    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/bench"),
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing results folder.")] = False,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("results/bench"),
+    overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Time the sparse forward of every pruned layer shape and of the whole model against dense."""
     from ..latency import LatencyConfig, TimingPolicy, parse_formats, prune_copy, run_latency, write_latency
@@ -153,6 +176,8 @@ def bench(
 
     if min_time <= 0:
         raise PrunescopeError("--min-time must be > 0")
+    at_least(block_size, 1, "--block-size")
+    at_least(decode_tokens, 1, "--decode-tokens")
     if threads is not None:
         if threads < 1:
             raise PrunescopeError("--threads must be >= 1")
@@ -169,6 +194,8 @@ def bench(
         policy=TimingPolicy(min_time=min_time, max_time=max(3.0, 15 * min_time)),
         model_level=not layers_only,
         seed=seed,
+        cache=cache,
+        auto_tokens=tuple(parse_ints(auto_tokens, "--auto-tokens")),
     )
     if sparsity is None and pattern.strip().lower() in ("", "unstructured"):
         sparsity = 0.5
@@ -182,16 +209,16 @@ def bench(
 
         seqlen = min(spec.calib_seqlen, loaded.context_length)
         calibration = calibration_samples(loaded.tokenizer, None, model, spec.calib_samples, seqlen, seed)
-    err_console.print(
-        f"pruning a copy: {spec.method} {spec.sparsity:g} ({spec.pattern}), {len(names)} layers"
-    )
+    # The steps of a long run are its progress: on stderr, and silenced by --no-progress like any bar.
+    step = err_console.print if progress else (lambda *_, **__: None)
+    step(f"pruning a copy: {spec.method} {spec.sparsity:g} ({spec.pattern}), {len(names)} layers")
     pruned = prune_copy(loaded.model, names, spec, calibration)
     info = {
         "title": f"{model} {spec.method} {spec.sparsity:g} ({spec.pattern})",
         "prune_spec": spec.describe(),
     }
     result = run_latency(
-        loaded.model, pruned, names, config, on_step=lambda s: err_console.print(f"timing {s}"), info=info
+        loaded.model, pruned, names, config, on_step=lambda s: step(f"timing {s}"), info=info
     )
     with atomic_directory(out, overwrite) as tmp:
         write_latency(result, tmp)

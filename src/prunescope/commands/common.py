@@ -5,10 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from ..errors import PrunescopeError
 
@@ -35,7 +38,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except PrunescopeError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            # The message is text, not markup: "pip install 'prunescope[tasks]'" must keep its brackets.
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; nothing was written")
@@ -44,15 +48,121 @@ def user_errors(fn):
     return wrapper
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id, local directory, or 'demo'.")]
-DtypeOpt = Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps.")]
+try:  # typer >= 0.20 vendors click; its exceptions are what the parser raises
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
+
+class OneLineErrors(TyperGroup):
+    """The command group whose usage errors (a value of the wrong type, an unknown option) are one line
+    and exit 2, like every other bad input; `prunescope` alone still prints the help."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except ClickException as error:
+            name = error.ctx.command_path if getattr(error, "ctx", None) else "prunescope"
+            err_console.print(
+                f"[bold red]error:[/] {error.format_message()} (see {name} --help)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            err_console.print("aborted; nothing was written")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="'demo', a local model folder (save_pretrained) or a hub id.")
+]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="auto (float32 on CPU, float16 elsewhere), float32, float16, bfloat16.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps.")]
+
+# Datasets and perplexity protocols (evaluation/datasets.py, evaluation/protocols.py), shared by commands.
+CORPUS_HELP = (
+    ".txt/.jsonl, wikitext2, c4, ptb, hf:NAME[:CONFIG][:SPLIT], .parquet, .arrow or a save_to_disk folder."
+)
+CALIBRATION_HELP = "Calibration source: 'builtin', or any --corpus source (aliases: their train split)."
+TEXT_COLUMN_HELP = "Text column of a dataset source (default 'text'; ptb: 'sentence')."
+PROTOCOL_HELP = "Perplexity protocol: document, joined (Wanda/SparseGPT) or rolling (lm-eval)."
+SEQLEN_HELP = "Window length (default: document min(256, context); joined/rolling context capped at 4096)."
+MAX_TOKENS_HELP = "Evaluation token budget (default: 4096 for document, the whole split otherwise)."
+SEEDS_HELP = "Comma list of seeds: repeat seed-dependent methods per seed, report mean and std."
 
 ModelArg = Annotated[
-    str, typer.Argument(help="Checkpoint folder (or .safetensors file beside a config.json).")
+    str,
+    typer.Argument(
+        help="'demo', a checkpoint folder, a .safetensors file beside a config.json, or a hub id "
+        "(read from the local Hugging Face cache)."
+    ),
 ]
-OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
-ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
+# The options every command spells and means alike (one definition each, so help texts cannot drift).
+OutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="Output folder; written whole or not at all (see --overwrite).")
+]
+OptionalOutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Output folder; written whole or not at all (see --overwrite)."),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing output folder.")
+]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice (pruning, sampling).")]
+# Zero-shot tasks through lm-evaluation-harness (evaluation/tasks.py), the same on study, sweep, evaluate.
+TasksOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tasks",
+        help="Comma list of lm-eval tasks scored on every variant, e.g. stdlib_identifier (bundled, offline) "
+        "or arc_easy,hellaswag (hub data). Needs lm-eval: the optional 'tasks' extra of prunescope.",
+    ),
+]
+TasksPathOpt = Annotated[
+    str | None,
+    typer.Option("--tasks-path", help="Folder of local lm-eval task YAMLs (lm-eval's include path)."),
+]
+TasksLimitOpt = Annotated[
+    int | None, typer.Option("--tasks-limit", help="At most this many documents per task (quick checks).")
+]
+NumFewshotOpt = Annotated[
+    int | None,
+    typer.Option("--num-fewshot", help="Few-shot examples per task (default: the task's own, else 0)."),
+]
+
+
+def print_tasks(tasks, run: dict) -> None:
+    """The main metric of each task per variant, named (acc or acc_norm), under the summary table."""
+    if tasks is None or tasks.empty:
+        return
+    import pandas as pd
+
+    from ..report.tasks import main_rows
+
+    rows = main_rows(tasks, run)
+    for _, row in rows.iterrows():
+        stderr = f" +- {row['stderr']:.4f}" if pd.notna(row["stderr"]) else ""
+        console.print(
+            f"task {row['task']} ({row['metric']}, {row['n']} docs) {row['variant']}: "
+            f"{row['value']:.4f}{stderr}",
+            highlight=False,
+        )
+
+
+def at_least(value: float | None, minimum: float, option: str) -> None:
+    """Numeric options are checked before any model is loaded; a bad one is one line."""
+    if value is not None and value < minimum:
+        raise PrunescopeError(f"{option} must be >= {minimum:g}, got {value:g}")
 
 
 def size_text(n: float) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from .common import ModelArg, OverwriteOpt, console, size_text, user_errors
+from .common import ModelArg, OptionalOutOpt, OverwriteOpt, at_least, console, size_text, user_errors
 
 
 @user_errors
@@ -19,16 +18,20 @@ def inspect(
     ] = False,
     layers: Annotated[bool, typer.Option(help="Print the per-layer table too.")] = False,
     context: Annotated[int | None, typer.Option(help="Context length for attention-score FLOPs.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write layers.csv, groups.csv, summary.json here.")] = None,
+    out: OptionalOutOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Structure of a safetensors checkpoint from its headers: shapes, params, bytes, FLOPs per group."""
+    """Structure of a safetensors checkpoint from its headers: shapes, params, bytes, FLOPs per group.
+
+    With --out: layers.csv, groups.csv and summary.json."""
     from ..checkpoint import inspect_checkpoint
+    from ..models import local_checkpoint
     from ..report.output import atomic_directory, check_output, write_json
 
+    at_least(context, 1, "--context")
     if out is not None:
         check_output(out, overwrite)
-    result = inspect_checkpoint(model, count_zeros=zeros, context_length=context)
+    result = inspect_checkpoint(local_checkpoint(model), count_zeros=zeros, context_length=context)
     if layers:
         table = Table(title=f"{model}: layers")
         columns = ["module", "group", "shape", "dtype", "params", "stored_bytes", "flops_per_token"]

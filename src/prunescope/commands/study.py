@@ -8,10 +8,43 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import DeviceOpt, DtypeOpt, ModelOpt, console, user_errors
+from .common import (
+    CALIBRATION_HELP,
+    CORPUS_HELP,
+    MAX_TOKENS_HELP,
+    PROTOCOL_HELP,
+    SEEDS_HELP,
+    SEQLEN_HELP,
+    TEXT_COLUMN_HELP,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    NumFewshotOpt,
+    OutOpt,
+    OverwriteOpt,
+    ProgressOpt,
+    SeedOpt,
+    TasksLimitOpt,
+    TasksOpt,
+    TasksPathOpt,
+    console,
+    print_tasks,
+    user_errors,
+)
+from .method_options import (
+    AllocationOpt,
+    OwlLambdaOpt,
+    OwlMOpt,
+    RefineCyclesOpt,
+    RefineOpt,
+    RefineThresholdOpt,
+    RiaAlphaOpt,
+    method_kwargs,
+)
 
 
-def print_summary(summary, title: str) -> None:
+def print_summary(summary, title: str, caption: str | None = None) -> None:
+    """The summary table; `caption` (the perplexity protocol line) is printed under it, unwrapped."""
     table = Table(title=title)
     # (column, header, format, scale): short headers keep the table readable in 80 columns.
     columns = [
@@ -32,6 +65,8 @@ def print_summary(summary, title: str) -> None:
             *[fmt.format(row[name] * scale if scale else row[name]) for name, _, fmt, scale in columns]
         )
     console.print(table)
+    if caption:
+        console.print(caption, soft_wrap=True, highlight=False)
 
 
 @user_errors
@@ -40,7 +75,7 @@ def study(
     sparsity: Annotated[
         float | None, typer.Option(help="Fraction of prunable weights set to zero [0, 1).")
     ] = None,
-    method: Annotated[str, typer.Option(help="magnitude, random, wanda or sparsegpt.")] = "magnitude",
+    method: Annotated[str, typer.Option(help="magnitude, random, wanda, sparsegpt or ria.")] = "magnitude",
     scope: Annotated[
         str | None, typer.Option(help="global, layer or row (default: the method's own).")
     ] = None,
@@ -54,23 +89,38 @@ def study(
     exclude: Annotated[
         list[str] | None, typer.Option(help="Glob on module names to keep dense (repeatable).")
     ] = None,
-    corpus: Annotated[str | None, typer.Option(help=".txt (blank-line blocks) or .jsonl ('text').")] = None,
-    seqlen: Annotated[int | None, typer.Option(help="Window length (default min(256, context)).")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Evaluation token budget.")] = 4096,
+    corpus: Annotated[str | None, typer.Option(help=CORPUS_HELP)] = None,
+    text_column: Annotated[str | None, typer.Option(help=TEXT_COLUMN_HELP)] = None,
+    ppl_protocol: Annotated[str | None, typer.Option(help=PROTOCOL_HELP)] = None,
+    seqlen: Annotated[int | None, typer.Option(help=SEQLEN_HELP)] = None,
+    max_tokens: Annotated[int | None, typer.Option(help=MAX_TOKENS_HELP)] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
-    calibration: Annotated[str | None, typer.Option(help="Calibration text file, or 'builtin'.")] = None,
+    calibration: Annotated[str | None, typer.Option(help=CALIBRATION_HELP)] = None,
     calib_samples: Annotated[int, typer.Option()] = 128,
     calib_seqlen: Annotated[int | None, typer.Option()] = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
-    seed: Annotated[int, typer.Option()] = 0,
-    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/study"),
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing results folder.")] = False,
+    seed: SeedOpt = 0,
+    seeds: Annotated[str | None, typer.Option(help=SEEDS_HELP)] = None,
+    out: OutOpt = Path("results/study"),
+    overwrite: OverwriteOpt = False,
     latency: Annotated[bool, typer.Option(help="Also measure layer/model latency per format.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    allocation: AllocationOpt = "uniform",
+    owl_m: OwlMOpt = 5.0,
+    owl_lambda: OwlLambdaOpt = 0.08,
+    ria_alpha: RiaAlphaOpt = 0.5,
+    refine: RefineOpt = "none",
+    refine_cycles: RefineCyclesOpt = 50,
+    refine_threshold: RefineThresholdOpt = 0.1,
+    tasks: TasksOpt = None,
+    tasks_path: TasksPathOpt = None,
+    tasks_limit: TasksLimitOpt = None,
+    num_fewshot: NumFewshotOpt = None,
+    progress: ProgressOpt = True,
 ) -> None:
     """Prune a model and compare the dense, masked and sparse-format variants."""
     from ..experiments.study import StudyConfig, run_study
+    from ..experiments.sweep import method_label
     from ..report.output import atomic_directory, check_output
     from ..report.study import write_study
 
@@ -94,6 +144,14 @@ def study(
         device=device,
         seed=seed,
         latency=latency,
+        **method_kwargs(allocation, owl_m, owl_lambda, ria_alpha, refine, refine_cycles, refine_threshold),
+        text_column=text_column,
+        ppl_protocol=ppl_protocol,
+        seeds=seeds,
+        tasks=tasks or [],
+        tasks_path=tasks_path,
+        tasks_limit=tasks_limit,
+        num_fewshot=num_fewshot,
     )
     check_output(out, overwrite)
     with atomic_directory(out, overwrite) as tmp:
@@ -104,7 +162,10 @@ def study(
         write_study(result, tmp)
     print_summary(
         result.summary,
-        f"{model}: {result.spec.method} {result.spec.sparsity:g} "
+        f"{model}: {method_label(result.spec.method, result.spec.allocation, result.spec.refine)} "
+        f"{result.spec.sparsity:g} "
         f"({result.spec.effective_scope}, {result.spec.pattern})",
+        caption=result.run["evaluation"].get("protocol"),
     )
+    print_tasks(result.tasks, result.run)
     console.print(f"results: {out}/ (report.md, summary.csv, layers.csv, groups.csv, run.json, plots)")

@@ -7,15 +7,17 @@ from typing import Annotated
 
 import typer
 
-from .common import console, user_errors
+from ..errors import PrunescopeError
+from .common import SeedOpt, at_least, console, user_errors
 
 
 @user_errors
 def train_demo_command(
-    out: Annotated[Path, typer.Option(help="Training folder (checkpoints + final model).")] = Path(
-        "demo-train"
-    ),
-    seed: Annotated[int, typer.Option()] = 0,
+    # Resumed, not replaced, when it exists: the common --out name, its own help.
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Training folder (checkpoints + final model), resumed.")
+    ] = Path("demo-train"),
+    seed: SeedOpt = 0,
     minutes: Annotated[
         float, typer.Option(help="Training time budget the LR schedule is planned for.")
     ] = 40.0,
@@ -25,5 +27,10 @@ def train_demo_command(
     """Train the bundled demo model (OPT architecture) on this interpreter's standard library."""
     from ..demo.training import train_demo
 
+    if minutes <= 0:
+        raise PrunescopeError(f"--minutes must be > 0, got {minutes:g}")
+    at_least(threads, 1, "--threads")
+    if out.exists() and not out.is_dir():
+        raise PrunescopeError(f"--out {str(out)!r} is a file, not a folder")
     final = train_demo(out, seed=seed, minutes=minutes, resume=resume, threads=threads)
     console.print(f"model written to {final}")

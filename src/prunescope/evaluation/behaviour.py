@@ -79,26 +79,40 @@ class _Sums:
 _CHUNK_POSITIONS = 64  # vocabulary-sized temporaries are this many positions tall, whatever the batch
 
 
-def _accumulate(sums: _Sums, dense: torch.Tensor, variant: torch.Tensor, batch: Batch) -> None:
+def _row_spans(batch: Batch) -> tuple[list[tuple[int, int, int, int]], torch.Tensor]:
+    """(agree_from, agree_to, loss_from, loss_to) per row and the targets; document rows when not given."""
+    if batch.spans is not None and batch.targets is not None:
+        return batch.spans, batch.targets
+    # Right padding: the real tokens of a row are its first `length` positions; each but the last predicts
+    # the following real token.
     lengths = batch.attention_mask.sum(dim=1).tolist()
-    for row, length in enumerate(lengths):
-        # Right padding: the real tokens of a row are its first `length` positions.
-        targets = batch.input_ids[row, 1:length]
-        for start in range(0, length, _CHUNK_POSITIONS):
-            stop = min(start + _CHUNK_POSITIONS, length)
-            d, v = dense[row, start:stop], variant[row, start:stop]  # views: (positions, vocab)
-            sums.agree += int((d.argmax(-1) == v.argmax(-1)).sum())
-            k = min(TOP_K, d.shape[-1])
-            top_d, top_v = d.topk(k, dim=-1).indices, v.topk(k, dim=-1).indices
-            sums.overlap += int((top_d.unsqueeze(-1) == top_v.unsqueeze(-2)).any(-1).sum()) / k
-            # KL(p||q) = sum p (log p - log q), with 0·log 0 = 0.
-            sums.kl += float(nn.functional.kl_div(v, d, reduction="sum", log_target=True))
-            # Next-token loss: each real position but the last predicts the following real token.
-            predicting = v[: max(0, min(stop, length - 1) - start)]
-            chunk_targets = targets[start : start + predicting.shape[0]]
-            sums.nll -= float(predicting.gather(-1, chunk_targets.unsqueeze(-1)).sum())
-        sums.positions += length
-        sums.predicted += length - 1
+    targets = torch.full_like(batch.input_ids, -100)
+    targets[:, :-1] = batch.input_ids[:, 1:]
+    return [(0, n, 0, max(n - 1, 0)) for n in lengths], targets.cpu()
+
+
+def _accumulate(sums: _Sums, dense: torch.Tensor, variant: torch.Tensor, batch: Batch) -> None:
+    spans, targets = _row_spans(batch)
+    for row, (a0, a1, l0, l1) in enumerate(spans):
+        first, last = min(a0, l0), max(a1, l1)
+        for start in range(first, last, _CHUNK_POSITIONS):
+            stop = min(start + _CHUNK_POSITIONS, last)
+            lo, hi = max(start, a0), min(stop, a1)
+            if hi > lo:
+                d, v = dense[row, lo:hi], variant[row, lo:hi]  # views: (positions, vocab)
+                sums.agree += int((d.argmax(-1) == v.argmax(-1)).sum())
+                k = min(TOP_K, d.shape[-1])
+                top_d, top_v = d.topk(k, dim=-1).indices, v.topk(k, dim=-1).indices
+                sums.overlap += int((top_d.unsqueeze(-1) == top_v.unsqueeze(-2)).any(-1).sum()) / k
+                # KL(p||q) = sum p (log p - log q), with 0·log 0 = 0.
+                sums.kl += float(nn.functional.kl_div(v, d, reduction="sum", log_target=True))
+            # Next-token loss on the scored positions only.
+            lo, hi = max(start, l0), min(stop, l1)
+            if hi > lo:
+                predicting = variant[row, lo:hi]
+                sums.nll -= float(predicting.gather(-1, targets[row, lo:hi].unsqueeze(-1)).sum())
+        sums.positions += a1 - a0
+        sums.predicted += l1 - l0
 
 
 def _finish(sums: _Sums, seconds: float) -> Behaviour:

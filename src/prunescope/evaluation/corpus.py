@@ -29,6 +29,19 @@ def split_blocks(text: str) -> list[str]:
     return [block for block in blocks if block]
 
 
+def read_text_file(path: Path) -> str:
+    """The file as UTF-8 text; anything else is one line naming the file and the first bad byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start : error.start + 1].hex()
+        raise PrunescopeError(
+            f"{str(path)!r} is not UTF-8 text (byte 0x{byte} at offset {error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise PrunescopeError(f"cannot read {str(path)!r}: {error.strerror or error}") from None
+
+
 def read_corpus(path: str | Path) -> list[str]:
     """.txt: one document per blank-line-separated block; .jsonl: one JSON object per line with `text`."""
     path = Path(path)
@@ -36,7 +49,7 @@ def read_corpus(path: str | Path) -> list[str]:
         raise PrunescopeError(f"corpus file {str(path)!r} does not exist")
     if path.suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(read_text_file(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -48,7 +61,7 @@ def read_corpus(path: str | Path) -> list[str]:
             if record["text"].strip():
                 texts.append(record["text"])
     elif path.suffix in (".txt", ".md", ""):
-        texts = split_blocks(path.read_text(encoding="utf-8"))
+        texts = split_blocks(read_text_file(path))
     else:
         raise PrunescopeError(f"corpus must be .txt or .jsonl, got {path.name!r}")
     if not texts:
@@ -71,17 +84,45 @@ def load_texts(corpus: str | Path | None, model_name: str) -> list[str]:
     return read_corpus(corpus)
 
 
+@dataclass(frozen=True)
+class Window:
+    """One model input and what of it is scored (see evaluation/protocols.py).
+
+    Position `start + i` predicts `targets[i]`; top-1/top-5/KL compare positions `agree` (default: the
+    scored ones). A plain token list is the document convention: every position compared, each but the
+    last predicting the next token.
+    """
+
+    ids: list[int]
+    targets: list[int]
+    start: int = 0
+    agree: tuple[int, int] | None = None
+
+    @classmethod
+    def document(cls, ids: list[int]) -> Window:
+        return cls(list(ids), list(ids[1:]), 0, (0, len(ids)))
+
+    @property
+    def spans(self) -> tuple[int, int, int, int]:
+        """(agree_from, agree_to, loss_from, loss_to) positions."""
+        loss = (self.start, self.start + len(self.targets))
+        return (*(self.agree or loss), *loss)
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (batch, length)
     attention_mask: torch.Tensor  # (batch, length), 1 for real tokens
+    targets: torch.Tensor | None = None  # (batch, length): next-token target per position, -100 unscored
+    spans: list[tuple[int, int, int, int]] | None = None  # per row, Window.spans; None: document rows
 
     @property
     def tokens(self) -> int:
         return int(self.attention_mask.sum())
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device))
+        # Targets stay on the CPU, where the metrics are accumulated.
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.targets, self.spans)
 
 
 def tokenize_windows(
@@ -93,7 +134,9 @@ def tokenize_windows(
     windows: list[list[int]] = []
     total = 0
     for text in texts:
-        ids = tokenizer(text)["input_ids"]
+        # Documents longer than the model context are cut into windows below: transformers' "sequence
+        # length is longer than the maximum" warning does not apply, and would only interrupt the output.
+        ids = tokenizer(text, verbose=False)["input_ids"]
         for start in range(0, len(ids), seqlen):
             window = ids[start : start + seqlen]
             if max_tokens is not None and total + len(window) > max_tokens:
@@ -108,17 +151,24 @@ def tokenize_windows(
     return windows
 
 
-def make_batches(windows: list[list[int]], batch_size: int, pad_id: int) -> list[Batch]:
-    """Right-padded batches; sorting by length first keeps padding small (order is fixed, so identical)."""
-    order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))
+def make_batches(windows: list[list[int]] | list[Window], batch_size: int, pad_id: int) -> list[Batch]:
+    """Right-padded batches; sorting by length first keeps padding small (order is fixed, so identical).
+
+    Token lists are document windows (`Window.document`); protocols pass `Window`s.
+    """
+    windows = [w if isinstance(w, Window) else Window.document(w) for w in windows]
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i].ids))
     batches = []
     for start in range(0, len(order), batch_size):
         chunk = [windows[i] for i in order[start : start + batch_size]]
-        length = max(len(w) for w in chunk)
+        length = max(len(w.ids) for w in chunk)
         ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), length), dtype=torch.long)
+        targets = torch.full((len(chunk), length), -100, dtype=torch.long)
         for row, window in enumerate(chunk):
-            ids[row, : len(window)] = torch.tensor(window)
-            mask[row, : len(window)] = 1
-        batches.append(Batch(ids, mask))
+            ids[row, : len(window.ids)] = torch.tensor(window.ids)
+            mask[row, : len(window.ids)] = 1
+            if window.targets:
+                targets[row, window.start : window.start + len(window.targets)] = torch.tensor(window.targets)
+        batches.append(Batch(ids, mask, targets, [w.spans for w in chunk]))
     return batches

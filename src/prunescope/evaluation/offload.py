@@ -20,9 +20,12 @@ import torch
 from torch import nn
 
 from ..errors import PrunescopeError
-from ..models import resolve_device, resolve_dtype
+from ..models import check_weights, resolve_device, resolve_dtype, resolve_model
 from .behaviour import Behaviour, compare, compute_reference
-from .corpus import load_texts, make_batches, tokenize_windows
+from .corpus import make_batches
+from .datasets import check_source, resolve
+from .protocols import build as build_windows
+from .protocols import default_protocol, describe
 
 
 class OffloadedModel(nn.Module):
@@ -83,15 +86,25 @@ class OffloadEvaluation:
     reference_behaviour: Behaviour | None
     placement: dict[str, dict] = field(default_factory=dict)
     windows: int = 0
+    protocol: dict = field(default_factory=dict)  # perplexity protocol facts and its extra perplexities
+    tasks: list[dict] = field(default_factory=list)  # --tasks: lm-eval rows of "reference" and "model"
+    tasks_info: dict = field(default_factory=dict)  # lm-eval's and each task's version
+
+    @property
+    def protocol_line(self) -> str:
+        return describe(self.protocol)
 
     def as_dict(self) -> dict:
         return {
+            "protocol": self.protocol,
+            "protocol_line": self.protocol_line,
             "model": self.model,
             "reference": self.reference,
             "behaviour": self.behaviour.as_dict(),
             "reference_behaviour": self.reference_behaviour.as_dict() if self.reference_behaviour else None,
             "placement": self.placement,
             "windows": self.windows,
+            **({"tasks": self.tasks, "tasks_info": self.tasks_info} if self.tasks_info else {}),
         }
 
 
@@ -118,28 +131,43 @@ def evaluate_offloaded(
     batch_size: int = 8,
     dtype: str = "auto",
     progress: bool = True,
+    text_column: str | None = None,
+    ppl_protocol: str | None = None,
+    tasks=None,
 ) -> OffloadEvaluation:
-    """Perplexity of `model`, plus top-1/top-5/KL against `reference` when one is given."""
+    """Perplexity of `model`, plus top-1/top-5/KL against `reference` when one is given.
+
+    `tasks` (an `evaluation.tasks.TaskSuite`) also scores each loaded model, offloaded as it is."""
     from transformers import AutoTokenizer
 
+    # `demo`, a local folder or a hub id, read as every command reads them; `name` picks the default corpus.
+    name, reference_name = str(model), str(reference) if reference is not None else None
+    model = resolve_model(name).folder
+    reference = resolve_model(str(reference)).folder if reference is not None else None
     for path in (model, reference):
-        if path is not None and not Path(path).exists():
-            raise PrunescopeError(f"model path {str(path)!r} does not exist")
+        if path is not None and Path(path).exists():
+            check_weights(path)
     if reference is not None:
         from transformers import AutoConfig
 
         vocab = {getattr(AutoConfig.from_pretrained(p), "vocab_size", None) for p in (model, reference)}
         if len(vocab) > 1:
             raise PrunescopeError(f"model and reference have different vocabulary sizes {sorted(vocab)}")
-    tokenizer = AutoTokenizer.from_pretrained(reference or model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(reference or model)
+    except Exception as error:  # a missing or damaged tokenizer file surfaces as whatever its parser raises
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise PrunescopeError(f"cannot load the tokenizer of {reference or model!r}: {detail}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    seqlen = seqlen or min(256, _context_length(model))
-    texts = load_texts(corpus, str(model))
-    batches = make_batches(
-        tokenize_windows(tokenizer, texts, seqlen, max_tokens), batch_size, tokenizer.pad_token_id
-    )
+    # The corpus and its windows as `prunescope study` makes them (evaluation/datasets.py, protocols.py).
+    check_source(corpus)
+    protocol = ppl_protocol or default_protocol(corpus)
+    texts = resolve(corpus, name, "evaluation", text_column)
+    evaluation = build_windows(tokenizer, texts, protocol, _context_length(model), seqlen, max_tokens)
+    batches = make_batches(evaluation.windows, batch_size, tokenizer.pad_token_id)
     placement: dict[str, dict] = {}
+    task_rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="prunescope-offload-") as scratch:
         folder = Path(offload_folder) if offload_folder else Path(scratch) / "offload"
         reference_behaviour = None
@@ -151,6 +179,9 @@ def evaluate_offloaded(
             stored, reference_behaviour = compute_reference(
                 ref_model, batches, Path(scratch) / "logprobs", progress=progress
             )
+            if tasks is not None:
+                task_rows += tasks.score(ref_model.model, tokenizer, "reference")
+                tasks.release()
             del ref_model
             gc.collect()
         evaluated, placement["model"] = load_offloaded(model, max_memory, folder / "model", dtype)
@@ -160,13 +191,22 @@ def evaluate_offloaded(
             _, behaviour = compute_reference(
                 evaluated, batches, Path(scratch) / "logprobs", progress=progress
             )
+        if tasks is not None:
+            task_rows += tasks.score(evaluated.model, tokenizer, "model")
+            tasks.release()
         del evaluated
         gc.collect()
     return OffloadEvaluation(
-        str(model),
-        str(reference) if reference else None,
+        name,
+        reference_name,
         behaviour,
         reference_behaviour,
         placement,
         len(batches),
+        {
+            **evaluation.facts,
+            **evaluation.metrics(behaviour.perplexity, behaviour.predicted_tokens),
+        },
+        task_rows,
+        tasks.describe() if tasks is not None else {},
     )

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -21,13 +22,16 @@ import pandas as pd
 import torch
 
 from ..errors import PrunescopeError
+from ..evaluation import datasets as corpus_sources
+from ..evaluation import protocols
 from ..evaluation.behaviour import Behaviour, compare, compute_reference
-from ..evaluation.corpus import load_texts, make_batches, tokenize_windows
+from ..evaluation.corpus import make_batches
 from ..formats import FORMATS, check_format_support, convert
 from ..layers import prunable_layers
 from ..models import LoadedModel, load_model
 from ..pruning import PruneRecord, PruneSpec, prune, restore
 from ..structure import attention_score_flops, global_summary, group_table, layer_table
+from ..util.seeds import aggregate_seeds, parse_seeds
 from ..version import __version__
 
 BASE_VARIANTS = ("dense", "masked")
@@ -54,8 +58,8 @@ class StudyConfig:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     corpus: str | None = None  # None/"builtin": held-out stdlib for demo, the English set otherwise
-    seqlen: int | None = None  # None: min(256, model context)
-    max_tokens: int = 4096
+    seqlen: int | None = None  # None: the protocol's default (document: min(256, context), else context)
+    max_tokens: int | None = None  # None: 4096 for the document protocol, the whole split otherwise
     batch_size: int = 8
     calibration: str | None = None  # None/"builtin": see pruning.calibration
     calib_samples: int = 128
@@ -63,7 +67,23 @@ class StudyConfig:
     dtype: str = "auto"
     device: str = "auto"
     seed: int = 0
+    # OWL allocation, RIA, DSnoT refinement (pruning/allocation.py, ria.py, dsnot.py).
+    allocation: str = "uniform"
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
+    ria_alpha: float = 0.5
+    refine: str = "none"
+    refine_cycles: int = 50
+    refine_threshold: float = 0.1
     latency: bool = False  # also measure layer and model latency of each format (prunescope bench)
+    text_column: str | None = None  # column of a datasets source (default: 'text', the alias's own)
+    ppl_protocol: str | None = None  # document | joined | rolling; None: joined for paper aliases
+    seeds: list[int] = field(default_factory=list)  # repeat seed-dependent methods per seed (mean, std)
+    # Zero-shot tasks through lm-eval (evaluation/tasks.py): names, include path, documents per task, shots.
+    tasks: list[str] = field(default_factory=list)
+    tasks_path: str | None = None
+    tasks_limit: int | None = None
+    num_fewshot: int | None = None
 
     def __post_init__(self) -> None:
         self.variants = parse_list(self.variants)
@@ -76,12 +96,21 @@ class StudyConfig:
             )
         if len(set(self.variants)) != len(self.variants):
             raise PrunescopeError("each variant may be listed once")
-        if self.max_tokens < 2 or self.batch_size < 1:
+        self.seeds = parse_seeds(self.seeds)
+        if (self.max_tokens is not None and self.max_tokens < 2) or self.batch_size < 1:
             raise PrunescopeError("max_tokens must be >= 2 and batch_size >= 1")
         if self.seqlen is not None and self.seqlen < 2:
             raise PrunescopeError("seqlen must be at least 2")
-        if self.corpus not in (None, "builtin") and not Path(self.corpus).is_file():
-            raise PrunescopeError(f"corpus file {self.corpus!r} does not exist")
+        corpus_sources.check_source(self.corpus)
+        corpus_sources.check_source(self.calibration, "calibration")
+        protocols.check(self.ppl_protocol)
+        self.tasks = parse_list(self.tasks)
+        if self.tasks_limit is not None and self.tasks_limit < 1:
+            raise PrunescopeError("tasks_limit must be at least 1")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise PrunescopeError("num_fewshot must be >= 0")
+        if (self.tasks_path or self.tasks_limit or self.num_fewshot is not None) and not self.tasks:
+            raise PrunescopeError("--tasks-path, --tasks-limit and --num-fewshot need --tasks")
         self.prune_spec(256)  # validates method / sparsity / scope / pattern now, before any loading
 
     def prune_spec(self, default_seqlen: int) -> PruneSpec:
@@ -93,11 +122,22 @@ class StudyConfig:
             seed=self.seed,
             calib_samples=self.calib_samples,
             calib_seqlen=self.calib_seqlen or default_seqlen,
+            allocation=self.allocation,
+            owl_m=self.owl_m,
+            owl_lambda=self.owl_lambda,
+            ria_alpha=self.ria_alpha,
+            refine=self.refine,
+            refine_cycles=self.refine_cycles,
+            refine_threshold=self.refine_threshold,
         )
 
     @property
     def formats(self) -> list[str]:
         return [v for v in self.variants if v in FORMATS]
+
+    @property
+    def protocol(self) -> str:
+        return self.ppl_protocol or protocols.default_protocol(self.corpus)
 
 
 @dataclass
@@ -106,6 +146,9 @@ class VariantResult:
     behaviour: Behaviour
     layers: pd.DataFrame
     summary: dict
+    perplexity: dict = field(default_factory=dict)  # protocol facts and protocol-specific perplexities
+    tasks: list[dict] = field(default_factory=list)  # lm-eval rows: task, metric, value, stderr, n
+    task_columns: dict = field(default_factory=dict)  # summary columns task:<name>:<main metric>
 
 
 @dataclass
@@ -115,14 +158,39 @@ class StudyResult:
     pruned_layers: list[str]
     variants: dict[str, VariantResult]
     run: dict
+    # --seeds: every seed's variants (the first seed's are also `variants`); empty for a single seed.
+    seed_results: dict[int, dict[str, VariantResult]] = field(default_factory=dict)
+
+    @property
+    def seed_table(self) -> pd.DataFrame | None:
+        """One row per (seed, variant) when the study ran several seeds, else None."""
+        if len(self.seed_results) < 2:
+            return None
+        frames = [variant_rows(results).assign(seed=seed) for seed, results in self.seed_results.items()]
+        return pd.concat(frames, ignore_index=True)
 
     @property
     def summary(self) -> pd.DataFrame:
-        """One row per variant: structure and behaviour side by side."""
-        rows = []
-        for variant in self.variants.values():
-            rows.append({"variant": variant.name, **variant.summary, **variant.behaviour.as_dict()})
-        return pd.DataFrame(rows)
+        """One row per variant: structure and behaviour side by side; over several seeds, their mean and
+        `<metric>_std` columns."""
+        table = self.seed_table
+        if table is None:
+            return variant_rows(self.variants)
+        return aggregate_seeds(table, ["variant"])
+
+    @property
+    def tasks(self) -> pd.DataFrame:
+        """Long-form task rows: variant, task, metric, value, stderr, n (and seed); empty without tasks."""
+        from ..evaluation.tasks import TASK_COLUMNS
+
+        groups = self.seed_results or {None: self.variants}
+        rows = [
+            {**row, "variant": name, **({"seed": seed} if seed is not None else {})}
+            for seed, variants in groups.items()
+            for name, variant in variants.items()
+            for row in variant.tasks
+        ]
+        return pd.DataFrame(rows, columns=TASK_COLUMNS + (["seed"] if self.seed_results else []))
 
     @property
     def layers(self) -> pd.DataFrame:
@@ -133,6 +201,21 @@ class StudyResult:
         return pd.concat(
             [group_table(v.layers).assign(variant=v.name) for v in self.variants.values()], ignore_index=True
         )
+
+
+def variant_rows(variants: dict[str, VariantResult]) -> pd.DataFrame:
+    rows = []
+    for variant in variants.values():
+        rows.append(
+            {
+                "variant": variant.name,
+                **variant.summary,
+                **variant.behaviour.as_dict(),
+                **variant.perplexity,
+                **variant.task_columns,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def versions() -> dict:
@@ -196,11 +279,21 @@ class Workbench:
         """`formats` (default: the config's) are checked against the device and dtype before any work."""
         self.config, self.progress, self.timings = config, progress, {}
         torch.manual_seed(config.seed)
+        self.tasks = None
+        if config.tasks:  # lm-eval and every task are checked before the model loads
+            from ..evaluation.tasks import TaskSuite
+
+            self.tasks = TaskSuite.prepare(
+                config.tasks, config.tasks_path, config.tasks_limit, config.num_fewshot, config.batch_size
+            )
+        self.task_seconds: dict[str, float] = {}
+        self._dense_tasks: dict[str, list[dict]] = {}
         start = time.perf_counter()
         self.loaded = loaded or load_model(config.model, config.dtype, config.device)
         self.timings["load"] = time.perf_counter() - start
         self.model = self.loaded.model
-        self.seqlen = config.seqlen or min(256, self.loaded.context_length)
+        protocol = protocols.get(config.protocol)
+        self.seqlen = config.seqlen or protocol.default_seqlen(self.loaded.context_length)[0]
         if self.seqlen > self.loaded.context_length:
             raise PrunescopeError(
                 f"seqlen {self.seqlen} exceeds the model's context of {self.loaded.context_length} tokens"
@@ -209,11 +302,21 @@ class Workbench:
         for fmt in formats if formats is not None else config.formats:
             check_format_support(fmt, self.loaded.dtype, self.loaded.device)
         self.last_record_bytes = 0
-        self.texts = load_texts(config.corpus, config.model)
-        self.windows = tokenize_windows(self.loaded.tokenizer, self.texts, self.seqlen, config.max_tokens)
+        self.last_details: dict = {}
+        corpus = corpus_sources.resolve(config.corpus, config.model, "evaluation", config.text_column)
+        self.texts = corpus.documents
+        self.evaluation = protocols.build(
+            self.loaded.tokenizer,
+            corpus,
+            config.protocol,
+            self.loaded.context_length,
+            config.seqlen,
+            config.max_tokens,
+        )
+        self.windows = self.evaluation.windows
         self.batch_size = fit_batch_size(config.batch_size, self.seqlen, logits_width(self.model))
         self.batches = make_batches(self.windows, self.batch_size, self.loaded.tokenizer.pad_token_id)
-        self._calibration: dict[tuple[int, int], list[torch.Tensor]] = {}
+        self._calibration: dict[tuple[int, int, int], list[torch.Tensor]] = {}
         self.work_dir = Path(work_dir) if work_dir is not None else None
         start = time.perf_counter()
         spill = self.work_dir / "dense_reference" if self.work_dir is not None else None
@@ -223,10 +326,10 @@ class Workbench:
         self.timings["dense_reference"] = time.perf_counter() - start
 
     def calibration(self, spec: PruneSpec) -> list[torch.Tensor] | None:
-        """Calibration samples for a calibrated method, drawn once per (samples, seqlen)."""
+        """Calibration samples for a calibrated method, drawn once per (samples, seqlen, seed)."""
         if not spec.needs_calibration:
             return None
-        key = (spec.calib_samples, spec.calib_seqlen)
+        key = (spec.calib_samples, spec.calib_seqlen, spec.seed)
         if key not in self._calibration:
             from ..pruning.calibration import calibration_samples
 
@@ -236,12 +339,44 @@ class Workbench:
                 self.config.model,
                 spec.calib_samples,
                 spec.calib_seqlen,
-                seed=self.config.seed,
+                seed=spec.seed,
+                text_column=self.config.text_column,
             )
         return self._calibration[key]
 
     def dense(self) -> VariantResult:
-        return _variant_row(self.model, list(self.layers), self.dense_behaviour, "dense", self.seqlen)
+        return self.score_tasks(
+            self.with_protocol(
+                _variant_row(self.model, list(self.layers), self.dense_behaviour, "dense", self.seqlen)
+            )
+        )
+
+    def score_tasks(self, result: VariantResult) -> VariantResult:
+        """lm-eval task accuracies of the model as it is now, i.e. while `result`'s variant is in place."""
+        if self.tasks is None:
+            return result
+        from ..evaluation.tasks import summary_columns
+
+        start = time.perf_counter()
+        if result.name == "dense" and "dense" in self._dense_tasks:
+            rows = self._dense_tasks["dense"]  # the dense model never changes: score it once
+        else:
+            rows = self.tasks.score(self.model, self.loaded.tokenizer, result.name)
+            if result.name == "dense":
+                self._dense_tasks["dense"] = rows
+        result.tasks = rows
+        result.task_columns = summary_columns(rows, self.tasks.main_metrics())
+        self.task_seconds[result.name] = self.task_seconds.get(result.name, 0.0) + time.perf_counter() - start
+        return result
+
+    def with_protocol(self, result: VariantResult) -> VariantResult:
+        """Name the perplexity protocol next to the figures (and add its own perplexities)."""
+        behaviour = result.behaviour
+        result.perplexity = {
+            **self.evaluation.columns(),
+            **self.evaluation.metrics(behaviour.perplexity, behaviour.predicted_tokens),
+        }
+        return result
 
     def evaluate(
         self, spec: PruneSpec, variants: list[str], while_pruned: Callable[[PruneRecord], None] | None = None
@@ -258,11 +393,13 @@ class Workbench:
             record = prune(self.model, self.layers, spec, self.calibration(spec), progress=self.progress)
             timings["prune"] = record.seconds
             self.last_record_bytes = record.nbytes
+            self.last_details = record.details  # OWL block sparsities, DSnoT summary (run.json)
             for variant in variants:
                 start = time.perf_counter()
                 if variant == "masked":
                     behaviour = compare(self.model, self.batches, self.reference, "masked", self.progress)
                     results[variant] = _variant_row(self.model, pruned, behaviour, variant, self.seqlen)
+                    self.score_tasks(results[variant])
                 else:
                     if self.work_dir is not None:
                         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -271,8 +408,10 @@ class Workbench:
                     try:
                         behaviour = compare(self.model, self.batches, self.reference, variant, self.progress)
                         results[variant] = _variant_row(self.model, pruned, behaviour, variant, self.seqlen)
+                        self.score_tasks(results[variant])  # with the sparse modules swapped in
                     finally:
                         conversion.revert()
+                self.with_protocol(results[variant])
                 timings[f"variant_{variant}"] = time.perf_counter() - start
             if while_pruned is not None:
                 record.unspill()
@@ -299,14 +438,17 @@ class Workbench:
                 "batch_size": self.batch_size,
                 "documents": len(self.texts),
                 "windows": len(self.windows),
-                "tokens": sum(len(w) for w in self.windows),
+                "tokens": sum(len(w.ids) for w in self.windows),
+                **self.evaluation.facts,
+                "protocol": protocols.describe(self.evaluation.facts),
                 "batches": len(self.batches),
             },
             "prunable_layers": len(self.layers),
             "device": str(self.loaded.device),
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(),
-            "versions": versions(),
+            "versions": {**versions(), **({"lm_eval": self.tasks.lm_eval_version} if self.tasks else {})},
+            **({"tasks": {**self.tasks.describe(), "seconds": self.task_seconds}} if self.tasks else {}),
         }
 
 
@@ -325,6 +467,8 @@ def run_study(
     config.prune_spec(256)  # fail on a bad request before loading anything
     bench = Workbench(config, loaded, work_dir, progress)
     spec = config.prune_spec(bench.seqlen)
+    if config.seeds:
+        spec = dataclasses.replace(spec, seed=config.seeds[0])
     results: dict[str, VariantResult] = {}
     if "dense" in config.variants:
         results["dense"] = bench.dense()
@@ -345,17 +489,32 @@ def run_study(
         )
         latency["seconds"] = time.perf_counter() - start
 
-    evaluated, timings = bench.evaluate(
-        spec, [v for v in config.variants if v != "dense"], measure_latency if config.latency else None
-    )
+    pruned_variants = [v for v in config.variants if v != "dense"]
+    evaluated, timings = bench.evaluate(spec, pruned_variants, measure_latency if config.latency else None)
     results.update(evaluated)
+    seed_results: dict[int, dict[str, VariantResult]] = {}
+    seeds = config.seeds if seed_dependent(spec) else []
+    if len(seeds) > 1:
+        # The first seed is the study's own spec; the others re-prune the one copy against the one reference.
+        seed_results[seeds[0]] = results
+        for seed in seeds[1:]:
+            other, other_timings = bench.evaluate(dataclasses.replace(spec, seed=seed), pruned_variants)
+            seed_results[seed] = {**({"dense": results["dense"]} if "dense" in results else {}), **other}
+            timings[f"prune_seed{seed}"] = other_timings["prune"]
     run = {
         "config": asdict(config),
         "prune_spec": spec.describe(),
         **bench.run_info(),
         "timings_s": {**bench.timings, **timings},
         "restore_record_bytes": bench.last_record_bytes,
+        **bench.last_details,
         "peak_rss_bytes": peak_rss_bytes(),
         **({"latency": latency} if latency else {}),
+        **({"seeds": list(seed_results)} if seed_results else {}),
     }
-    return StudyResult(config, spec, list(bench.layers), results, run)
+    return StudyResult(config, spec, list(bench.layers), results, run, seed_results)
+
+
+def seed_dependent(spec: PruneSpec) -> bool:
+    """Methods whose result moves with the seed: calibrated ones (samples) and random (the draw)."""
+    return spec.needs_calibration or spec.method == "random"

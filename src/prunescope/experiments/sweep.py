@@ -8,6 +8,7 @@ pins the configuration; another configuration in the same folder is refused unle
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -22,9 +23,10 @@ import pandas as pd
 from ..errors import PrunescopeError
 from ..formats import FORMATS
 from ..pruning import Pattern
+from ..pruning.spec import ALLOCATIONS, REFINES
 from ..report.output import write_json
 from ..util.progress import make_progress
-from .study import StudyConfig, Workbench, parse_list, peak_rss_bytes
+from .study import StudyConfig, Workbench, parse_list, peak_rss_bytes, seed_dependent
 
 POINTS_FILE = "points.jsonl"
 
@@ -62,10 +64,17 @@ class SweepConfig:
     thresholds: list[float] = field(default_factory=lambda: [0.9, 0.5])
     base: StudyConfig = field(default_factory=StudyConfig)
     latency: bool = False  # per point: measured layer speedup of each variant at n = 1 and 64 tokens
+    # Axes on top of every method: OWL allocation and DSnoT refinement. A point's method label names them,
+    # e.g. "wanda+owl+dsnot" (`method_label`); the defaults keep plain method names.
+    allocations: list[str] = field(default_factory=lambda: ["uniform"])
+    refines: list[str] = field(default_factory=lambda: ["none"])
 
     def __post_init__(self) -> None:
         self.sparsities = parse_sparsities(self.sparsities)
         self.methods, self.patterns = parse_list(self.methods), parse_list(self.patterns)
+        self.allocations, self.refines = parse_list(self.allocations), parse_list(self.refines)
+        if not self.allocations or not self.refines:
+            raise PrunescopeError("a sweep needs at least one allocation and one refinement (or none)")
         self.variants = parse_list(self.variants)
         bad = [v for v in self.variants if v != "masked" and v not in FORMATS]
         if bad or not self.variants:
@@ -78,18 +87,24 @@ class SweepConfig:
     def points(self) -> list[tuple[str, str, float]]:
         """(method, pattern, sparsity); an N:M pattern has exactly one sparsity, 1 - N/M."""
         points = []
-        for method in self.methods:
+        axes = [(m, a, r) for m in self.methods for a in self.allocations for r in self.refines]
+        labels = [(method_label(m, a, r), a) for m, a, r in axes]
+        for method, allocation in labels:
             for pattern in self.patterns:
                 parsed = Pattern.parse(pattern)
+                if parsed.structured and allocation != "uniform":
+                    continue  # OWL allocates unstructured sparsity only (PruneSpec refuses N:M)
                 sparsities = [parsed.sparsity] if parsed.structured else self.sparsities
                 points += [(method, str(parsed), s) for s in sparsities]
         return points
 
     def spec(self, point: tuple[str, str, float], seqlen: int):
         method, pattern, sparsity = point
+        method, extensions = parse_method_label(method)
         config = StudyConfig(
             **{
                 **asdict(self.base),
+                **extensions,
                 "method": method,
                 "pattern": pattern,
                 "sparsity": sparsity,
@@ -103,8 +118,35 @@ class SweepConfig:
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def point_key(method: str, pattern: str, sparsity: float, variant: str) -> str:
-    return f"{method}|{pattern}|{sparsity:.6f}|{variant}"
+def method_label(method: str, allocation: str = "uniform", refine: str = "none") -> str:
+    """'wanda', 'wanda+owl', 'wanda+dsnot', 'wanda+owl+dsnot': one sweep curve per combination."""
+    parts = [method, allocation if allocation != "uniform" else "", refine if refine != "none" else ""]
+    return "+".join(part for part in parts if part)
+
+
+def parse_method_label(label: str) -> tuple[str, dict]:
+    """(method, {allocation, refine}) of a `method_label`."""
+    method, *parts = label.split("+")
+    extensions: dict = {}
+    for part in parts:
+        key = "allocation" if part in ALLOCATIONS else "refine" if part in REFINES else None
+        if key is None:
+            raise PrunescopeError(f"unknown modifier {part!r} in {label!r}: not an allocation or refinement")
+        extensions[key] = part
+    return method, extensions
+
+
+def point_key(method: str, pattern: str, sparsity: float, variant: str, seed: int | None = None) -> str:
+    """One finished row; `seed` only under --seeds, so a single-seed sweep keeps its keys."""
+    return f"{method}|{pattern}|{sparsity:.6f}|{variant}" + (f"|seed{seed}" if seed is not None else "")
+
+
+def point_seeds(config: SweepConfig, point: tuple[str, str, float]) -> list[int | None]:
+    """The seeds a point runs under: every --seeds seed for a seed-dependent method, else just one."""
+    seeds = config.base.seeds
+    if len(seeds) > 1 and seed_dependent(config.spec(point, 256)):
+        return list(seeds)
+    return [None]
 
 
 def read_points(path: Path) -> list[dict]:
@@ -130,8 +172,15 @@ def append_point(path: Path, row: dict) -> None:
         os.close(fd)
 
 
-def prepare_folder(out: Path, config: SweepConfig, overwrite: bool) -> None:
+def prepare_folder(out: Path, config: SweepConfig, overwrite: bool) -> bool:
+    """True when `out` holds this very sweep (resume it); raises when `out` must not be touched.
+
+    Nothing is written here: `start_folder` (re)creates the folder once the model and corpus have loaded,
+    so a bad input leaves no folder behind and an --overwrite that fails leaves the old one intact.
+    """
     marker = out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise PrunescopeError(f"output path {str(out)!r} exists and is not a folder")
     if out.exists() and not marker.exists() and any(out.iterdir()):
         if not overwrite:
             raise PrunescopeError(
@@ -140,15 +189,19 @@ def prepare_folder(out: Path, config: SweepConfig, overwrite: bool) -> None:
     if marker.exists():
         stored = json.loads(marker.read_text())
         if stored.get("fingerprint") == config.fingerprint() and not overwrite:
-            return
+            return True
         if not overwrite:
             raise PrunescopeError(
                 f"{str(out)!r} holds a sweep with another configuration; pass --overwrite or another --out"
             )
+    return False
+
+
+def start_folder(out: Path, config: SweepConfig) -> None:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    write_json(marker, {"fingerprint": config.fingerprint(), "config": asdict(config)})
+    write_json(out / "config.json", {"fingerprint": config.fingerprint(), "config": asdict(config)})
 
 
 def run_sweep(
@@ -156,21 +209,42 @@ def run_sweep(
 ) -> pd.DataFrame:
     """Run (or resume) the sweep into `out`; returns the full results table."""
     out = Path(out)
-    prepare_folder(out, config, overwrite)
+    resume = prepare_folder(out, config, overwrite)
     points_path = out / POINTS_FILE
-    done = {row["key"] for row in read_points(points_path)}
-    todo = [p for p in config.points() if any(point_key(*p, v) not in done for v in config.variants)]
+    done = {row["key"] for row in read_points(points_path)} if resume else set()
+    todo = [
+        (p, seed)
+        for p in config.points()
+        for seed in point_seeds(config, p)
+        if any(point_key(*p, v, seed) not in done for v in config.variants)
+    ]
+    # Scratch (the spilled dense reference) lives beside OUT, so that OUT is only created once the model
+    # and the corpus have loaded: a bad input leaves nothing behind.
+    work = out.parent / f".{out.name}.work"
+    bench = None
     if todo:
-        work = out / ".work"
-        bench = Workbench(
-            config.base, work_dir=work, progress=False, formats=[v for v in config.variants if v != "masked"]
-        )
         try:
+            bench = Workbench(
+                config.base,
+                work_dir=work,
+                progress=False,
+                formats=[v for v in config.variants if v != "masked"],
+            )
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    if not resume:
+        start_folder(out, config)
+    if bench is not None:
+        try:
+            dense_tasks = bench.dense().task_columns if bench.tasks is not None else {}
             with make_progress() if progress else _NoProgress() as bar:
                 task = bar.add_task("sweep", total=len(todo))
-                for point in todo:
+                for point, seed in todo:
                     spec = config.spec(point, bench.seqlen)
-                    variants = [v for v in config.variants if point_key(*point, v) not in done]
+                    if seed is not None:
+                        spec = dataclasses.replace(spec, seed=seed)
+                    variants = [v for v in config.variants if point_key(*point, v, seed) not in done]
                     start = time.perf_counter()
                     speedups: dict[str, dict] = {}
 
@@ -184,15 +258,19 @@ def run_sweep(
                         append_point(
                             points_path,
                             {
-                                "key": point_key(*point, variant),
+                                "key": point_key(*point, variant, seed),
                                 "method": point[0],
                                 "pattern": point[1],
                                 "target_sparsity": point[2],
                                 "variant": variant,
                                 "scope": spec.effective_scope,
+                                "seed": spec.seed,
                                 **result.summary,
                                 **result.behaviour.as_dict(),
+                                **result.perplexity,
                                 "dense_perplexity": bench.dense_behaviour.perplexity,
+                                **result.task_columns,  # --tasks: task:<name>:<metric>, and dense's
+                                **{f"dense_{k}": v for k, v in dense_tasks.items()},
                                 "prune_seconds": timings["prune"],
                                 "point_seconds": seconds,
                                 "peak_rss_bytes": peak_rss_bytes(),

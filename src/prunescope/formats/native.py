@@ -99,6 +99,35 @@ def openmp_runtimes() -> list[str]:
     return sorted(p for p in paths if p.startswith("/"))
 
 
+def flush_cache(tensors: list[torch.Tensor]) -> bool:
+    """Flush the tensors' memory out of every cache level (CPU tensors); False where that is impossible
+    here (no extension, not x86): the caller then evicts by streaming a buffer larger than the cache."""
+    if _ext is None or not hasattr(_ext, "flush"):
+        return False
+    done = True
+    for t in storage_parts(tensors):
+        if t.is_cpu and t.numel():
+            done = _ext.flush(t.data_ptr(), t.numel() * t.element_size()) and done
+    return done
+
+
+def storage_parts(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The plain tensors holding the data of strided, sparse CSR/BSR and COO tensors (others skipped)."""
+    parts = []
+    for t in tensors:
+        if t.layout == torch.strided:
+            try:
+                t.data_ptr()  # wrapper subclasses (no storage of their own) raise here
+            except RuntimeError:
+                continue
+            parts.append(t)
+        elif t.layout in (torch.sparse_csr, torch.sparse_bsr):
+            parts += [t.crow_indices(), t.col_indices(), t.values()]
+        elif t.layout == torch.sparse_coo:
+            parts += [t._indices(), t._values()]
+    return parts
+
+
 def check_cpu(*tensors: torch.Tensor | None) -> None:
     for t in tensors:
         if t is not None and not t.is_cpu:
@@ -149,6 +178,8 @@ def bitmask_matmul(
         )
     if not (mask.is_contiguous() and row_offsets.is_contiguous()):
         mask, row_offsets = mask.contiguous(), row_offsets.contiguous()
+    if x.shape[0] >= PANEL_MIN_TOKENS and kernel != "scalar":
+        return _bitmask_panels(x, values, mask, row_offsets, bias, in_features, kernel)
     y = torch.empty(x.shape[0], out, dtype=torch.float32)
     _ext.bitmask_matmul(
         _ISA[kernel],
@@ -165,6 +196,68 @@ def bitmask_matmul(
         _addr(bias),
         _addr(y),
     )
+    return y
+
+
+# From this many tokens on, the bitmask weight is decompressed a panel of rows at a time and each panel is
+# multiplied by torch's GEMM: the expand-and-FMA kernel does the full dense arithmetic without a GEMM's
+# register blocking, so it is compute-bound there and loses to dense (0.64x at prefill 1x64, issue 17).
+PANEL_MIN_TOKENS = 16
+# Bytes of one decompressed panel: it is written, then read by the GEMM while still in L2/L3.
+PANEL_BYTES = 2 * 2**20
+
+
+def panel_rows(in_features: int) -> int:
+    """Rows per decompressed panel: about PANEL_BYTES of float32, a multiple of 16, at least 16."""
+    return max(16, PANEL_BYTES // (4 * max(1, in_features)) // 16 * 16)
+
+
+def bitmask_unpack(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    row_offsets: torch.Tensor,
+    in_features: int,
+    r0: int,
+    r1: int,
+    out: torch.Tensor,
+    kernel: str,
+) -> torch.Tensor:
+    """Rows r0..r1 of a bitmask weight as dense float32 into `out` ((r1 - r0, in), contiguous)."""
+    if out.dtype != torch.float32 or not out.is_contiguous() or out.shape != (r1 - r0, in_features):
+        raise PrunescopeError(f"unpack target must be contiguous float32 ({r1 - r0}, {in_features})")
+    _ext.bitmask_unpack(
+        _ISA[kernel],
+        num_threads(),
+        DTYPE_CODES[values.dtype],
+        in_features,
+        row_offsets.numel() - 1,
+        _addr(values),
+        values.numel(),
+        _addr(mask),
+        _addr(row_offsets),
+        r0,
+        r1,
+        _addr(out),
+    )
+    return out
+
+
+def _bitmask_panels(x, values, mask, row_offsets, bias, in_features: int, kernel: str) -> torch.Tensor:
+    """y = x @ W^T + bias, panel by panel: decompress rows (C), then torch.mm into y^T's rows."""
+    n, out = x.shape[0], row_offsets.numel() - 1
+    rows = min(out, panel_rows(in_features))
+    panel = torch.empty(rows, in_features, dtype=torch.float32)
+    yt = torch.empty(out, n, dtype=torch.float32)
+    xt = x.detach().t()  # like the other native paths: no autograd graph
+    with torch.no_grad():
+        for r0 in range(0, out, rows):
+            r1 = min(out, r0 + rows)
+            tile = panel[: r1 - r0]
+            bitmask_unpack(values, mask, row_offsets, in_features, r0, r1, tile, kernel)
+            torch.mm(tile, xt, out=yt[r0:r1])
+        y = yt.t().contiguous()
+        if bias is not None:
+            y += bias.detach()
     return y
 
 
@@ -222,9 +315,10 @@ def dense_matmul(
 ) -> torch.Tensor:
     """The C dense GEMV/GEMM with the same structure and threading: the honest benchmark reference.
 
-    ``rows`` picks the one-token (AVX-512) variant: 1 streams one row at a time with the bitmask kernel's
-    software prefetch, 4 interleaves four rows.  Which is faster from DRAM depends on the machine's state,
-    so the benchmarks time both and compare against the faster.
+    The weight may be float32, bfloat16 or float16 (converted in registers, float32 accumulation), the
+    reference of the 16-bit bitmask kernels.  ``rows`` picks the one-token (AVX-512, float32) variant: 1
+    streams one row at a time with the bitmask kernel's software prefetch, 4 interleaves four rows.  Which
+    is faster from DRAM depends on the machine's state, so the benchmarks time both and take the faster.
     """
     if rows not in DENSE_ROWS:
         raise PrunescopeError(f"rows must be one of {DENSE_ROWS}, not {rows}")
@@ -232,8 +326,8 @@ def dense_matmul(
     check_cpu(x, weight, bias)
     if kernel == "torch":
         return torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
-    if weight.dtype != torch.float32:
-        raise PrunescopeError("the dense reference kernel takes a float32 weight")
+    if weight.dtype not in DTYPE_CODES:
+        raise PrunescopeError(f"the dense reference kernel takes fp32/bf16/fp16, not {weight.dtype}")
     out, in_features = weight.shape
     x = x.to(torch.float32).contiguous()
     weight = weight.contiguous()
@@ -242,6 +336,7 @@ def dense_matmul(
     _ext.dense_matmul(
         _ISA[kernel],
         num_threads(),
+        DTYPE_CODES[weight.dtype],
         x.shape[0],
         in_features,
         out,

@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,17 @@ from torch import nn
 from ..errors import PrunescopeError
 from ..layers import linear_shape, linear_weight, set_module
 from ..structure import layer_table
-from .timing import Candidate, Clock, Timing, TimingPolicy, measure_interleaved
+from .machine import cache_flusher, llc_bytes, machine_facts, tensor_bytes
+from .timing import (
+    Candidate,
+    Clock,
+    Timing,
+    TimingPolicy,
+    check_cache_mode,
+    cold_candidate,
+    measure_interleaved,
+    with_eviction,
+)
 from .variants import (
     BASELINE,
     LAYER_TOLERANCE,
@@ -56,10 +67,19 @@ class LatencyConfig:
     layer_level: bool = True
     model_level: bool = True
     seed: int = 0
+    # "cold": every timed call reads weights that are in no cache, as decode of a model larger than the
+    # last-level cache does (rotated copies, or an eviction before each sample); "hot": one copy, repeated.
+    cache: str = "cold"
+    # Token counts `auto` times each layer at: decode first, then the prefill size it must not lose.
+    auto_tokens: tuple[int, ...] = (1, 64)
 
     def __post_init__(self) -> None:
         if BASELINE not in self.formats:
             self.formats = [BASELINE, *self.formats]
+        self.cache = check_cache_mode(self.cache)
+        self.auto_tokens = tuple(self.auto_tokens)
+        if not self.auto_tokens or any(n < 1 for n in self.auto_tokens):
+            raise PrunescopeError("auto's token counts must be >= 1")
         if any(n < 1 for n in self.tokens) or any(b < 1 or s < 1 for b, s in self.prefill_grid):
             raise PrunescopeError("token counts, batch sizes and sequence lengths must be >= 1")
         if any(b < 1 for b in self.decode_batches) or self.decode_tokens < 1 or self.decode_prompt < 1:
@@ -94,9 +114,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device, dtype: torch.dtype) -> dict:
-    """Everything a latency figure depends on besides the code: threads, BLAS, CPU/GPU, versions."""
+def environment(device: torch.device, dtype: torch.dtype, cache: str | None = None) -> dict:
+    """Everything a latency figure depends on besides the code: threads, BLAS, CPU/GPU, caches, versions."""
     env = {
+        "machine": machine_facts(dtype, cache),
+        "cache": cache,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__,
@@ -161,7 +183,11 @@ def distinct_shapes(model: nn.Module, names: list[str]) -> dict[tuple[int, int],
 
 
 def _build_layer_variants(
-    names: list[str], pruned: torch.Tensor, bias: torch.Tensor | None, block_size: int
+    names: list[str],
+    pruned: torch.Tensor,
+    bias: torch.Tensor | None,
+    block_size: int,
+    options: dict | None = None,
 ) -> dict[str, nn.Module | str | None]:
     """Per format: its module, None for the dense-kernel variants, or the `unsupported: ...` status."""
     built: dict[str, nn.Module | str | None] = {}
@@ -170,7 +196,7 @@ def _build_layer_variants(
             built[name] = None
             continue
         try:
-            built[name] = build_module(name, pruned, bias, block_size).eval()
+            built[name] = build_module(name, pruned, bias, block_size, options).eval()
         except Unsupported as reason:
             built[name] = f"unsupported: {reason}"
         except (RuntimeError, ValueError) as error:
@@ -186,14 +212,17 @@ def bench_weight(
     config: LatencyConfig,
     clock: Clock = time.perf_counter,
     sync: Callable[[], None] | None = None,
-    build: Callable[..., dict] = _build_layer_variants,
+    build: Callable[..., dict] | None = None,
 ) -> list[dict]:
     """Rows (format x token count) for one (out, in) weight: `dense` runs F.linear on `dense_weight`,
     the others run the pruned weight; outputs are checked against F.linear(x, pruned) in float64."""
     device, dtype = pruned_weight.device, pruned_weight.dtype
     sync = sync or default_sync(device)
     out_features, in_features = pruned_weight.shape
+    if build is None:
+        build = partial(_build_layer_variants, options=_auto_options(config))
     built = build(config.formats, pruned_weight, bias, config.block_size)
+    llc = llc_bytes()
     tolerance = LAYER_TOLERANCE.get(dtype, 1e-2)
     sparsity = 1.0 - int(torch.count_nonzero(pruned_weight)) / pruned_weight.numel()
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -224,7 +253,9 @@ def bench_weight(
                     status[name] = f"error: output differs from dense (rel err {errors[name]:.2e})"
                     continue
             status[name] = OK
-            candidates[name] = Candidate(call)
+            candidates[name] = _layer_candidate(
+                config.cache, llc, call, _copier(name, module, x, dense_weight, pruned_weight, bias)
+            )
         timings = measure_interleaved(candidates, config.policy, clock, sync)
         dense_median = timings[BASELINE].median if BASELINE in timings else math.nan
         for name, module in built.items():
@@ -245,6 +276,44 @@ def bench_weight(
             }
             rows.append(row | _ratios(row, dense_median))
     return rows
+
+
+def _auto_options(config: LatencyConfig) -> dict:
+    return {"auto": {"n_tokens": config.auto_tokens, "cache": config.cache}}
+
+
+def _module_bytes(module: nn.Module) -> int:
+    return tensor_bytes([*module.parameters(), *module.buffers()])
+
+
+def _copier(name, module, x, dense_weight, pruned_weight, bias) -> tuple[Callable[[], Callable], list]:
+    """(make, tensors): `make()` returns the variant's call on a fresh copy of `tensors`, its weights."""
+    if module is None:
+        weight = dense_weight if name == BASELINE else pruned_weight
+
+        def make_linear() -> Callable:
+            w = weight.clone()
+            return lambda: F.linear(x, w, bias)
+
+        return make_linear, [weight]
+
+    def make_module() -> Callable:
+        m = copy.deepcopy(module)
+        return lambda: m(x)
+
+    return make_module, [*module.parameters(), *module.buffers()]
+
+
+def _layer_candidate(cache: str, llc: int, call: Callable, copier: tuple[Callable, list]) -> Candidate:
+    if cache == "hot":
+        return Candidate(call)
+    make, tensors = copier
+    calls = iter([call])  # the first copy is the variant itself
+
+    def first_then_copies() -> Callable:
+        return next(calls, None) or make()
+
+    return cold_candidate(first_then_copies, tensor_bytes(tensors), llc, cache_flusher(tensors, llc))
 
 
 def bench_layers(
@@ -275,13 +344,15 @@ def bench_layers(
 # ------------------------------------------------------------------------------------------------ model
 
 
-def convert_copy(pruned_model: nn.Module, names: list[str], name: str, block_size: int) -> nn.Module:
+def convert_copy(
+    pruned_model: nn.Module, names: list[str], name: str, block_size: int, options: dict | None = None
+) -> nn.Module:
     """A copy of the pruned model whose `names` projections are `name` modules (`Unsupported` if not)."""
     model = copy.deepcopy(pruned_model)
     for layer in names:
         module = model.get_submodule(layer)
-        sparse = build_module(name, linear_weight(module).detach(), getattr(module, "bias", None), block_size)
-        set_module(model, layer, sparse)
+        weight, bias = linear_weight(module).detach(), getattr(module, "bias", None)
+        set_module(model, layer, build_module(name, weight, bias, block_size, options))
     return model
 
 
@@ -342,7 +413,9 @@ def _model_variants(
         else:
             try:
                 check_support(name, dtype, device)
-                variants[name] = convert_copy(pruned_model, names, name, config.block_size).eval()
+                variants[name] = convert_copy(
+                    pruned_model, names, name, config.block_size, _auto_options(config)
+                ).eval()
             except Unsupported as reason:
                 variants[name] = f"unsupported: {reason}"
             except (RuntimeError, ValueError) as error:
@@ -437,13 +510,23 @@ def bench_model(
     theories = {n: model_theory(m) for n, m in variants.items() if isinstance(m, nn.Module)}
     checks = _check_model_outputs(variants, ids(1, min(16, context)), dtype)
     runnable = {n: m for n, m in variants.items() if checks["status"][n] == OK}
+    llc = llc_bytes()
+    # A model larger than twice the LLC streams from memory by itself; a smaller one is evicted first.
+    evict = {n for n, m in runnable.items() if config.cache == "cold" and _module_bytes(m) <= 2 * llc}
+
+    flushers = {n: cache_flusher([*runnable[n].parameters(), *runnable[n].buffers()], llc) for n in evict}
+
+    def timed(name: str, candidate: Candidate) -> Candidate:
+        return with_eviction(candidate, llc, flushers[name]) if name in evict else candidate
+
     rows = []
     for batch, seqlen in config.prefill_grid:
         if on_step is not None:
             on_step(f"prefill {batch}x{seqlen}")
         tokens_in = ids(batch, seqlen)
         candidates = {
-            n: Candidate(lambda m=m, t=tokens_in: m(t, use_cache=False)) for n, m in runnable.items()
+            n: timed(n, Candidate(lambda m=m, t=tokens_in: m(t, use_cache=False)))
+            for n, m in runnable.items()
         }
         timings = measure_interleaved(candidates, config.policy, clock, sync)
         shape = {"batch": batch, "seqlen": seqlen}
@@ -452,7 +535,7 @@ def bench_model(
         if on_step is not None:
             on_step(f"decode batch {batch}")
         prompt, steps = ids(batch, config.decode_prompt), ids(batch, config.decode_tokens)
-        candidates = {n: _decode_candidate(m, prompt, steps) for n, m in runnable.items()}
+        candidates = {n: timed(n, _decode_candidate(m, prompt, steps)) for n, m in runnable.items()}
         timings = measure_interleaved(candidates, config.policy, clock, sync)
         shape = {"batch": batch, "seqlen": config.decode_tokens}
         rows += _model_rows(
@@ -504,7 +587,8 @@ def run_latency(
         if config.model_level
         else []
     )
-    return LatencyResult(layers, model, environment(device, dtype), config.describe(), info or {})
+    env = environment(device, dtype, config.cache)
+    return LatencyResult(layers, model, env, config.describe(), info or {})
 
 
 def prune_copy(model: nn.Module, names: list[str], spec, calibration=None) -> nn.Module:

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import PrunescopeError
 from ..report.output import write_json
 from .benchmark import LatencyConfig, LatencyResult, _context_length, dense_copy, prune_copy, run_latency
+from .machine import machine_line
 from .variants import MASKED, parse_formats
 
 LAYER_COLUMNS = [
@@ -80,6 +81,8 @@ def environment_line(environment: dict) -> str:
         f"torch {environment['torch']}, "
         f"huge pages {'on' if environment.get('thp_mem_alloc') else 'off'}"
     )
+    if environment.get("machine"):  # results written before issue 17 have no machine facts
+        line += f"; machine: {machine_line(environment['machine'])}"
     return line
 
 

@@ -7,6 +7,10 @@ or rotating order every candidate always follows the same one, and what that one
 biases it (measured: a 10 MB weight timed after another small one ran ~12 % faster than its own copy
 timed after a 64 MB one). Each sample repeats a candidate `inner` times, chosen from the warm-up so that
 every sample lasts about the same time, well above the clock's resolution.
+
+Cache state: `cold_candidate` makes every timed call read weights that are in no cache (rotating over
+copies whose total exceeds twice the last-level cache, or flushing a working set too small to rotate
+before each sample), as decode of a model larger than the cache does; plain candidates are "hot".
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ class Candidate:
 
     run: Callable[[], object]
     setup: Callable[[], object] | None = None
+    # The setup's time counts towards the policy's time budget, and a sample at least a quarter of a
+    # batched one: a cache eviction before a call of microseconds must not take thousands of samples.
+    setup_in_budget: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,10 +117,16 @@ class Timing:
         }
 
 
-def _one_sample(candidate: Candidate, inner: int, clock: Clock, sync: Callable[[], None]) -> float:
-    """Total seconds of `inner` calls; work queued before the start (setup) is finished first."""
+def _one_sample(
+    candidate: Candidate, inner: int, clock: Clock, sync: Callable[[], None], setup_time: list | None = None
+) -> float:
+    """Total seconds of `inner` calls; work queued before the start (setup) is finished first.
+    The setup's seconds are appended to `setup_time` when given."""
     if candidate.setup is not None:
+        before = clock()
         candidate.setup()
+        if setup_time is not None:
+            setup_time.append(clock() - before)
     sync()
     start = clock()
     for _ in range(inner):
@@ -158,12 +171,113 @@ def measure_interleaved(
     order = random.Random(0)  # seeded: the same candidates are timed in the same orders on every run
     for _ in range(policy.max_rounds):
         for name in order.sample(names, len(names)):
-            total = _one_sample(candidates[name], inner[name], clock, sync)
+            setup_time: list[float] = []
+            total = _one_sample(candidates[name], inner[name], clock, sync, setup_time)
             samples[name].append(total / inner[name])
-            spent[name] += total
+            if candidates[name].setup_in_budget:
+                # One call per sample after an eviction: a sample counts at least a quarter of a batched
+                # sample, so a microsecond call takes <= 4x min_repeats samples, not thousands.
+                total_in_budget = max(total + sum(setup_time), policy.target_sample / 4)
+            else:
+                total_in_budget = total
+            spent[name] += total_in_budget
         if all(_done(samples[n], spent[n], policy) for n in names):
             break
     return {name: Timing(tuple(samples[name]), inner[name]) for name in names}
+
+
+# ------------------------------------------------------------------------------------------ cache state
+
+CACHE_MODES = ("cold", "hot")
+# Copies of one working set at most; beyond that (tiny layers) the cache is evicted before each sample.
+MAX_COPIES = 64
+
+
+def check_cache_mode(mode: str) -> str:
+    mode = mode.strip().lower()
+    if mode not in CACHE_MODES:
+        raise PrunescopeError(f"cache mode must be one of {CACHE_MODES}, not {mode!r}")
+    return mode
+
+
+def cold_copies(nbytes: int, llc: int) -> int:
+    """Copies of an `nbytes` working set whose total exceeds twice the last-level cache `llc`.
+
+    Called one after the other, each copy has been pushed out by the others before it is read again (a
+    sequential stream twice the cache's size evicts its own beginning under LRU-like replacement)."""
+    if nbytes <= 0:
+        return 1
+    return 2 * llc // nbytes + 1
+
+
+class Rotation:
+    """Each call runs the next of several equivalent calls (each bound to its own copy of the weights)."""
+
+    def __init__(self, calls: list[Callable[[], object]]) -> None:
+        if not calls:
+            raise PrunescopeError("a rotation needs at least one call")
+        self.calls = calls
+        self.next = 0
+
+    def __call__(self) -> object:
+        call = self.calls[self.next]
+        self.next = (self.next + 1) % len(self.calls)
+        return call()
+
+
+class Evictor:
+    """Reads a buffer of `nbytes` (twice the last-level cache): whatever was cached before is gone."""
+
+    def __init__(self, nbytes: int) -> None:
+        import torch  # here, not at the top: the timing core itself needs no torch
+
+        # ones, not zeros: a calloc'ed buffer maps the shared zero page and reading it touches no memory
+        self.buffer = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
+
+    def __call__(self) -> None:
+        self.buffer.sum()
+
+
+_EVICTORS: dict[int, Evictor] = {}
+
+
+def evictor(nbytes: int) -> Evictor:
+    """One shared evictor per size (the buffer is large: allocated once per process)."""
+    if nbytes not in _EVICTORS:
+        _EVICTORS[nbytes] = Evictor(nbytes)
+    return _EVICTORS[nbytes]
+
+
+def cold_candidate(
+    make: Callable[[], Callable[[], object]],
+    nbytes: int,
+    llc: int,
+    evict: Callable[[], object] | None = None,
+    max_copies: int = MAX_COPIES,
+) -> Candidate:
+    """A candidate whose every timed call reads weights from memory, not from a cache.
+
+    `make()` returns a call bound to a fresh copy of the weights (`nbytes` each; the first call of `make`
+    may return the original).  Up to `max_copies` copies whose total exceeds 2x `llc` are rotated; a
+    working set too small for that is timed one call per sample after `evict()` (default: streaming a
+    buffer of 2x `llc`), run untimed as `Candidate.setup`."""
+    copies = cold_copies(nbytes, llc)
+    if copies <= max_copies:
+        return Candidate(Rotation([make() for _ in range(copies)]))
+    return Candidate(make(), setup=evict or evictor(2 * llc), setup_in_budget=True)
+
+
+def with_eviction(candidate: Candidate, llc: int, evict: Callable[[], object] | None = None) -> Candidate:
+    """`candidate` with the cache evicted after its own setup (model level: prefill, then evict)."""
+    evict = evict or evictor(2 * llc)
+    setup = candidate.setup
+
+    def both() -> None:
+        if setup is not None:
+            setup()
+        evict()
+
+    return Candidate(candidate.run, both, setup_in_budget=candidate.setup is None)
 
 
 def measure(

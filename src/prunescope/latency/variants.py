@@ -46,9 +46,11 @@ def parse_formats(value: str | list[str]) -> list[str]:
     return [BASELINE] + [n for n in names if n != BASELINE]
 
 
-def format_options(name: str, block_size: int) -> dict:
-    """Keyword options a format's `from_dense` takes beyond (weight, bias)."""
-    return {"block_size": block_size} if name == "bsr" else {}
+def format_options(name: str, block_size: int, options: dict | None = None) -> dict:
+    """Keyword options a format's `from_dense` takes beyond (weight, bias); `options` adds per-format
+    ones, e.g. {"auto": {"n_tokens": (1, 64), "cache": "cold"}}."""
+    extra = dict((options or {}).get(name, {}))
+    return ({"block_size": block_size} if name == "bsr" else {}) | extra
 
 
 def is_two_four(weight: torch.Tensor) -> bool:
@@ -132,13 +134,16 @@ def check_support(name: str, dtype: torch.dtype, device: torch.device) -> None:
         raise Unsupported(str(error)) from None
 
 
-def build_module(name: str, weight: torch.Tensor, bias: torch.Tensor | None, block_size: int) -> SparseLinear:
+def build_module(
+    name: str, weight: torch.Tensor, bias: torch.Tensor | None, block_size: int, options: dict | None = None
+) -> SparseLinear:
     """The `name` module of a pruned (out, in) weight; `Unsupported` when it cannot be built here."""
     check_support(name, weight.dtype, weight.device)
     try:
         if name == SEMI_STRUCTURED:
             return SemiStructuredLinear.from_dense(weight, bias)
-        return formats.format_class(name).from_dense(weight, bias, **format_options(name, block_size))
+        kwargs = format_options(name, block_size, options)
+        return formats.format_class(name).from_dense(weight, bias, **kwargs)
     except (PrunescopeError, NotImplementedError) as error:
         raise Unsupported(str(error) or type(error).__name__) from None
 

@@ -4,7 +4,9 @@
     ...evaluate...
     restore(model, record)
 
-Methods: magnitude and random (no calibration), wanda and sparsegpt (calibrated, sequential block by block).
+Methods: magnitude and random (no calibration), wanda, sparsegpt and ria (calibrated, sequential block by
+block). On top of any method: OWL per-block sparsity (`allocation="owl"`) and DSnoT mask refinement
+(`refine="dsnot"`), both of which run the sequential pass; their details land in `PruneRecord.details`.
 """
 
 from __future__ import annotations
@@ -57,16 +59,17 @@ def prune(
     """
     check_pattern_fits(layers, spec)
     start = time.perf_counter()
+    details: dict = {}
     if spec.needs_calibration:
         if not calibration:
             raise PrunescopeError(f"{spec.method} needs calibration data; none was given")
         from .calibrated import prune_calibrated
 
-        changes = prune_calibrated(model, layers, spec, calibration, progress=progress)
+        changes = prune_calibrated(model, layers, spec, calibration, progress=progress, report=details)
     else:
         changes = prune_by_score(layers, spec)
     trim_heap()  # selection temporaries: return them to the OS rather than let RSS ratchet
-    return PruneRecord(spec=spec, changes=changes, seconds=time.perf_counter() - start)
+    return PruneRecord(spec=spec, changes=changes, seconds=time.perf_counter() - start, details=details)
 
 
 @torch.no_grad()

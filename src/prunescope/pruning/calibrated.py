@@ -12,6 +12,7 @@ Peak memory is the model plus one block's inputs and outputs for all samples, ne
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,15 +23,21 @@ from torch import nn
 from ..errors import PrunescopeError
 from ..layers import linear_shape, linear_weight
 from ..util.progress import track
-from .record import LayerChange
+from .allocation import allocation_record, outlier_ratio, owl_sparsities
+from .dsnot import MomentStats, refine_layer
+from .magnitude import magnitude_scores, mask_from_scores, random_scores
+from .record import LayerChange, apply_mask, pack_mask, unpack_mask
+from .ria import prune_ria
+from .selection import global_smallest_masks
 from .sparsegpt import HessianStats, prune_sparsegpt
 from .spec import PruneSpec
-from .wanda import WandaStats, prune_wanda
+from .wanda import WandaStats, prune_wanda, wanda_scores
 
 # method -> (statistics accumulator class, per-layer prune function)
 _METHODS: dict[str, tuple[type, Callable[[nn.Module, Any, PruneSpec], LayerChange]]] = {
     "wanda": (WandaStats, prune_wanda),
     "sparsegpt": (HessianStats, prune_sparsegpt),
+    "ria": (WandaStats, prune_ria),
 }
 
 
@@ -174,22 +181,185 @@ def _check_samples(model: nn.Module, samples: Sequence[torch.Tensor]) -> None:
         )
 
 
+class _Adders:
+    """Feed one projection's inputs to several statistics (the method's, DSnoT's moments)."""
+
+    def __init__(self, *stats: Any) -> None:
+        self.stats = [item for item in stats if item is not None]
+
+    def add(self, inputs: torch.Tensor) -> None:
+        for item in self.stats:
+            item.add(inputs)
+
+
+def _score_masks(
+    block_layers: dict[str, nn.Module],
+    spec: PruneSpec,
+    index_of: dict[str, int] | None,
+    fixed_masks: dict[str, torch.Tensor] | None,
+) -> dict[str, torch.Tensor]:
+    """Masks of magnitude / random inside the sequential pass (when OWL or DSnoT needs that pass).
+
+    `fixed_masks` (packed) are the whole model's global selection made before the pass; otherwise the
+    comparison group is the layer, the row or N:M, and `global` means all of this block's layers together.
+    """
+    names = list(block_layers)
+    if fixed_masks is not None:
+        return {
+            name: unpack_mask(fixed_masks[name], linear_weight(block_layers[name]).shape) for name in names
+        }
+
+    def scores(i: int) -> torch.Tensor:
+        weight = linear_weight(block_layers[names[i]])
+        if spec.method == "random":
+            return random_scores(weight, spec.seed, (index_of or {}).get(names[i], i))
+        return magnitude_scores(weight)
+
+    if spec.effective_scope == "global" and not spec.pattern.structured:
+        total = sum(linear_weight(m).numel() for m in block_layers.values())
+        masks = global_smallest_masks(scores, len(names), round(spec.sparsity * total))
+        return {name: masks(i) for i, name in enumerate(names)}
+    return {name: mask_from_scores(scores(i), spec) for i, name in enumerate(names)}
+
+
+def global_score_masks(layers: dict[str, nn.Module], spec: PruneSpec) -> dict[str, torch.Tensor]:
+    """Packed masks of magnitude / random with the global scope over all `layers` (dense weights)."""
+    return {name: pack_mask(mask) for name, mask in _score_masks(layers, spec, None, None).items()}
+
+
 @torch.no_grad()
 def prune_block(
-    block: nn.Module, block_layers: dict[str, nn.Module], inputs: list, spec: PruneSpec
+    block: nn.Module,
+    block_layers: dict[str, nn.Module],
+    inputs: list,
+    spec: PruneSpec,
+    index_of: dict[str, int] | None = None,
+    fixed_masks: dict[str, torch.Tensor] | None = None,
+    report: dict | None = None,
 ) -> Iterator[tuple[str, LayerChange]]:
     """Collect the block's statistics over all samples, then prune its layers one by one (lazily, so a
-    caller that streams to disk can release each layer's record before the next)."""
+    caller that streams to disk can release each layer's record before the next).
+
+    `spec.sparsity` is this block's (OWL). Magnitude / random take their masks from `_score_masks`;
+    with `spec.refine == "dsnot"` each mask is refined (`dsnot.refine_layer`) before the next layer, and
+    the refinement summary goes to `report["refine"][name]`.
+    """
     if not block_layers:
         return
-    stats_class, prune_layer = _METHODS[spec.method]
-    stats = {
-        name: stats_class(linear_shape(module)[1], linear_weight(module).device)
-        for name, module in block_layers.items()
-    }
-    _accumulate(block, inputs, stats, block_layers)
+    calibrated = spec.method in _METHODS
+    stats: dict[str, Any] = {}
+    if calibrated:
+        stats_class, prune_layer = _METHODS[spec.method]
+        stats = {
+            name: stats_class(linear_shape(module)[1], linear_weight(module).device)
+            for name, module in block_layers.items()
+        }
+    moments: dict[str, MomentStats] = {}
+    if spec.refine == "dsnot":
+        moments = {
+            name: MomentStats(linear_shape(module)[1], linear_weight(module).device)
+            for name, module in block_layers.items()
+        }
+    if stats or moments:
+        adders = {name: _Adders(stats.get(name), moments.get(name)) for name in block_layers}
+        _accumulate(block, inputs, adders, block_layers)
+        del adders
+    masks = None if calibrated else _score_masks(block_layers, spec, index_of, fixed_masks)
     for name, module in block_layers.items():
-        yield name, prune_layer(module, stats.pop(name), spec)
+        if calibrated:
+            change = prune_layer(module, stats.pop(name), spec)
+        else:
+            change = apply_mask(module, masks.pop(name))
+        if moments:
+            change, info = refine_layer(module, change, moments.pop(name), spec)
+            if report is not None:
+                report.setdefault("refine", {})[name] = info
+        yield name, change
+
+
+@torch.no_grad()
+def dense_outlier_ratios(
+    blocks: nn.ModuleList,
+    per_block: list[dict[str, nn.Module]],
+    inputs: list[BlockInput],
+    m: float,
+    load: Callable[[int], None] | None = None,
+    release: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> dict[int, float]:
+    """OWL's outlier ratio (LOD) of each block holding pruned layers, from one pass of the DENSE model.
+
+    `inputs` are left as they are (the pruning pass needs block 0's inputs again); `load(i)` /
+    `release(i)` bring a block's weights in and out when they live on disk.
+    """
+    current = [BlockInput(item.args, item.kwargs, item.hidden, item.in_kwargs) for item in inputs]
+    last = max(i for i, block_layers in enumerate(per_block) if block_layers)
+    ratios: dict[int, float] = {}
+    for index in track(range(last + 1), "OWL outlier ratios", enabled=progress):
+        if load is not None:
+            load(index)
+        block, block_layers = blocks[index], per_block[index]
+        stats = {
+            name: WandaStats(linear_shape(module)[1], linear_weight(module).device)
+            for name, module in block_layers.items()
+        }
+
+        def make_hook(target: WandaStats):
+            def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+                target.add(args[0].detach())
+
+            return hook
+
+        handles = [m.register_forward_hook(make_hook(stats[name])) for name, m in block_layers.items()]
+        try:
+            for item in current:
+                hidden = item.call(block)
+                if index < last:
+                    item.hidden = hidden
+                del hidden
+        finally:
+            for handle in handles:
+                handle.remove()
+        if block_layers:
+            scores = [wanda_scores(linear_weight(mod), stats[name]) for name, mod in block_layers.items()]
+            ratios[index] = outlier_ratio(scores, m)
+            del scores
+        if release is not None:
+            release(index)
+    return ratios
+
+
+def block_sparsities(
+    blocks_name: str,
+    ratios: dict[int, float],
+    spec: PruneSpec,
+    report: dict | None,
+) -> dict[int, float]:
+    """OWL's sparsity per block index from the outlier ratios; the allocation goes to `report`."""
+    indices = sorted(ratios)
+    values = owl_sparsities([ratios[i] for i in indices], spec.sparsity, spec.owl_lambda)
+    if report is not None:
+        prefix = f"{blocks_name}." if blocks_name else ""
+        names = [f"{prefix}{i}" for i in indices]
+        report["allocation"] = allocation_record(names, [ratios[i] for i in indices], values, spec)
+    return dict(zip(indices, values, strict=True))
+
+
+def block_spec(spec: PruneSpec, sparsities: dict[int, float] | None, index: int) -> PruneSpec:
+    if sparsities is None or index not in sparsities:
+        return spec
+    return dataclasses.replace(spec, sparsity=sparsities[index])
+
+
+def record_realised(report: dict | None, pruned: dict[str, int], weights: dict[str, int]) -> None:
+    """Add each block's realised sparsity (pruned / weights of its layers) to the allocation record."""
+    if not report or "allocation" not in report:
+        return
+    for entry in report["allocation"]["blocks"]:
+        prefix = entry["block"] + "."
+        names = [name for name in weights if name.startswith(prefix)]
+        total = sum(weights[name] for name in names)
+        entry["realised_sparsity"] = sum(pruned[name] for name in names) / total if total else 0.0
 
 
 def prune_calibrated(
@@ -198,9 +368,11 @@ def prune_calibrated(
     spec: PruneSpec,
     calibration: list[torch.Tensor],
     progress: bool = True,
+    report: dict | None = None,
 ) -> dict[str, LayerChange]:
-    """Prune `layers` in place with Wanda or SparseGPT, block by block (see the module docstring)."""
-    if spec.method not in _METHODS:
+    """Prune `layers` in place block by block (see the module docstring): Wanda, SparseGPT, RIA, or any
+    method with OWL allocation and / or DSnoT refinement. `report` receives the allocation and refinement."""
+    if not spec.needs_calibration:
         raise PrunescopeError(f"{spec.method} is not a calibrated method")
     if not calibration:
         raise PrunescopeError(f"{spec.method} needs calibration data; none was given")
@@ -209,12 +381,34 @@ def prune_calibrated(
     per_block = layers_by_block(layers, blocks_name, len(blocks))
 
     inputs = capture_block_inputs(model, blocks[0], calibration)
+    sparsities = None
+    if spec.allocation == "owl":
+        ratios = dense_outlier_ratios(blocks, per_block, inputs, spec.owl_m, progress=progress)
+        sparsities = block_sparsities(blocks_name, ratios, spec, report)
+    fixed = None
+    if (
+        spec.method not in _METHODS
+        and spec.effective_scope == "global"
+        and not spec.pattern.structured
+        and sparsities is None
+    ):
+        fixed = global_score_masks(layers, spec)  # the whole model's selection, before any layer changes
+    index_of = {name: i for i, name in enumerate(layers)}
     changes: dict[str, LayerChange] = {}
     last = max(i for i, block_layers in enumerate(per_block) if block_layers)
     for index in track(range(last + 1), f"{spec.method} blocks", enabled=progress):
         block, block_layers = blocks[index], per_block[index]
-        changes.update(prune_block(block, block_layers, inputs, spec))
+        changes.update(
+            prune_block(
+                block, block_layers, inputs, block_spec(spec, sparsities, index), index_of, fixed, report
+            )
+        )
         if index < last:  # the pruned block's outputs feed the next block
             for item in inputs:
                 item.hidden = item.call(block)
+    record_realised(
+        report,
+        {name: int(change.mask.sum()) for name, change in changes.items()},
+        {name: change.shape.numel() for name, change in changes.items()},
+    )
     return {name: changes[name] for name in layers}

@@ -7,6 +7,10 @@ Sources:
 - None / "builtin": for the demo model, its *train* split of stdlib modules (never the held-out modules it is
   evaluated on); for any other model, the builtin English texts joined by blank lines.
 - a path: a .txt / .jsonl corpus (`prunescope.corpus.read_corpus`), documents joined by blank lines.
+- any other source `evaluation/datasets.py` resolves (aliases, `hf:...`, .parquet/.arrow/save_to_disk) for
+  calibration: the aliases' train split (c4: train shard 0), rows joined by the references' string
+  (wikitext2 " ", ptb "\n\n"); c4 as the references sample it: each window from a random document with
+  more than seqlen tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PrunescopeError
+from ..evaluation import datasets as corpus_sources
 from ..evaluation.corpus import builtin_texts, read_corpus
 
 # Tokenizing the whole demo train split (~12 MB of code) would cost more than pruning; a seeded random subset
@@ -64,7 +69,12 @@ def _take_budget(texts: list[str], chars: int) -> list[str]:
 
 
 def calibration_stream(
-    tokenizer, source: str | None, model_name: str, budget_tokens: int, seed: int
+    tokenizer,
+    source: str | None,
+    model_name: str,
+    budget_tokens: int,
+    seed: int,
+    text_column: str | None = None,
 ) -> list[int]:
     """The token stream calibration windows are cut from."""
     if source is None or str(source) == "builtin":
@@ -73,18 +83,63 @@ def calibration_stream(
             docs = _take_budget(_demo_train_documents(seed), budget_tokens * _CHARS_PER_TOKEN_BUDGET)
             return _encode(tokenizer, docs)
         return _encode(tokenizer, ["\n\n".join(builtin_texts())])
-    if not Path(source).is_file():
+    if _is_text_file(source):
+        return _encode(tokenizer, ["\n\n".join(read_corpus(source))])
+    corpus = corpus_sources.resolve(source, model_name, corpus_sources.CALIBRATION, text_column)
+    return _encode(tokenizer, [corpus.join.join(corpus.rows)])
+
+
+def _is_text_file(source: str) -> bool:
+    """A .txt/.jsonl path (read as before); anything else goes through evaluation/datasets.py."""
+    path = Path(source)
+    if path.is_dir() or path.suffix in corpus_sources.DATASET_FILES:
+        return False
+    if corpus_sources.is_alias(source) or str(source).lower().startswith("hf:"):
+        return False
+    if not path.is_file():
+        corpus_sources.check_source(source, "calibration")  # unknown alias or a missing file: one line
         raise PrunescopeError(f"calibration file {str(source)!r} does not exist")
-    return _encode(tokenizer, ["\n\n".join(read_corpus(source))])
+    return True
+
+
+def _document_samples(tokenizer, rows: list[str], n: int, seqlen: int, seed: int) -> list[torch.Tensor]:
+    """The references' c4 sampling: per sample, a random document with more than seqlen tokens, then a
+    random crop of seqlen tokens of it (each document tokenized on its own, default special tokens)."""
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(n):
+        for _attempt in range(100 * len(rows)):
+            # A crop of seqlen tokens is taken below, so a document longer than the context is no
+            # concern: no "sequence length is longer than the maximum" warning.
+            ids = tokenizer(rows[rng.randint(0, len(rows) - 1)], verbose=False)["input_ids"]
+            if len(ids) > seqlen:
+                break
+        else:
+            raise PrunescopeError(f"no calibration document holds more than {seqlen} tokens")
+        start = rng.randint(0, len(ids) - seqlen - 1)
+        samples.append(torch.tensor(ids[start : start + seqlen], dtype=torch.long).unsqueeze(0))
+    return samples
 
 
 def calibration_samples(
-    tokenizer, source: str | None, model_name: str, n: int, seqlen: int, seed: int = 0
+    tokenizer,
+    source: str | None,
+    model_name: str,
+    n: int,
+    seqlen: int,
+    seed: int = 0,
+    text_column: str | None = None,
 ) -> list[torch.Tensor]:
     """`n` token windows, each a (1, seqlen) LongTensor, cropped at seeded random offsets of the stream."""
     if n < 1 or seqlen < 2:
         raise PrunescopeError(f"calibration needs n >= 1 samples of seqlen >= 2 tokens, got {n} x {seqlen}")
-    stream = calibration_stream(tokenizer, source, model_name, n * seqlen, seed)
+    if source not in (None, "builtin") and not _is_text_file(str(source)):
+        corpus = corpus_sources.resolve(source, model_name, corpus_sources.CALIBRATION, text_column)
+        if corpus.per_document:
+            return _document_samples(tokenizer, corpus.documents, n, seqlen, seed)
+        stream = _encode(tokenizer, [corpus.join.join(corpus.rows)])
+    else:
+        stream = calibration_stream(tokenizer, source, model_name, n * seqlen, seed, text_column)
     if len(stream) < seqlen + 1:
         where = "the builtin calibration text" if source in (None, "builtin") else repr(str(source))
         raise PrunescopeError(

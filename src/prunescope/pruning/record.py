@@ -57,6 +57,8 @@ class PruneRecord:
     spec: object
     changes: dict[str, LayerChange] = field(default_factory=dict)
     seconds: float = 0.0
+    # OWL's per-block allocation ("allocation") and DSnoT's per-layer summary ("refine"), when used.
+    details: dict = field(default_factory=dict)
 
     @property
     def layer_names(self) -> list[str]:

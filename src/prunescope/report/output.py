@@ -18,6 +18,14 @@ def check_output(out: str | Path, overwrite: bool) -> Path:
         raise PrunescopeError(f"output folder {str(out)!r} exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise PrunescopeError(f"output path {str(out)!r} exists and is not a folder")
+    # The folder is made at the end, after the work: a place it cannot be made must fail now.
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PrunescopeError(f"cannot create output folder {str(out)!r}: {str(ancestor)!r} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PrunescopeError(f"cannot create output folder {str(out)!r}: {str(ancestor)!r} is not writable")
     return out
 
 
@@ -28,10 +36,14 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
     A crash, an error or Ctrl-C therefore never leaves a half-written `out` (an old `out` stays intact).
     """
     out = check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as error:
+        detail = error.strerror or error
+        raise PrunescopeError(f"cannot create output folder {str(out)!r}: {detail}") from None
     try:
         yield tmp
     except BaseException:

@@ -1,7 +1,8 @@
-"""Bar charts of a study: one colour per variant, every bar labelled with its value."""
+"""Charts of a study: bars with one colour per variant (every bar labelled), per-layer heatmaps."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -75,3 +76,91 @@ def plot_groups(groups: pd.DataFrame, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# Module names of a decoder stack: `<stack>.<block index>.<path inside the block>`, e.g.
+# model.decoder.layers.3.self_attn.q_proj -> block 3, projection self_attn.q_proj.
+_BLOCK_NAME = re.compile(r"^.*?\.(\d+)\.(.+)$")
+_BLOCK_GROUPS = ("attention_linear", "mlp_linear")
+
+
+def block_grid(layers: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
+    """`values` (aligned with `layers`) as a block x projection table; rows are the blocks' linear layers.
+
+    The projection is the module path inside its block (GPT-2's attn.c_proj and mlp.c_proj stay apart);
+    columns keep the model's order. Layers outside the numbered blocks (embeddings, lm_head) are left out.
+    """
+    cells = []
+    for name, group, value in zip(layers["module"], layers["group"], values, strict=True):
+        match = _BLOCK_NAME.match(name)
+        if match and group in _BLOCK_GROUPS:
+            cells.append((int(match.group(1)), match.group(2), value))
+    if not cells:
+        return pd.DataFrame()
+    frame = pd.DataFrame(cells, columns=["block", "projection", "value"])
+    columns = list(dict.fromkeys(frame["projection"]))
+    grid = frame.pivot_table(index="block", columns="projection", values="value", aggfunc="first")
+    return grid.reindex(columns=columns).sort_index()
+
+
+def layer_panels(layers: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, block x projection grid) pairs: the pruned variant's sparsity, then for each sparse format
+    its stored bytes over the dense bytes of the same weights (1.0: no saving; above 1: the format costs)."""
+    variants = list(dict.fromkeys(layers["variant"]))
+    pruned = next((v for v in variants if v != "dense"), variants[0])
+    rows = layers[layers["variant"] == pruned]
+    panels = [(f"sparsity ({pruned})", block_grid(rows, rows["sparsity"]))]
+    reference = next((v for v in ("dense", "masked") if v in variants), None)
+    if reference is not None:
+        dense_bytes = layers[layers["variant"] == reference].set_index("module")["stored_bytes"]
+        for variant in variants:
+            rows = layers[layers["variant"] == variant]
+            if variant in ("dense", "masked") or (rows["format"] == "dense").all():
+                continue
+            ratio = rows["stored_bytes"] / rows["module"].map(dense_bytes)  # 0/0 (tied lm_head) is NaN
+            panels.append((f"{variant} stored bytes / dense", block_grid(rows, ratio)))
+    return [(title, grid) for title, grid in panels if not grid.empty]
+
+
+def plot_layers(layers: pd.DataFrame, path: str | Path) -> bool:
+    """Heatmaps, block x projection type: sparsity, and stored bytes vs dense for each sparse format.
+
+    Returns False (and writes nothing) when the model has no numbered blocks of linear layers.
+    """
+    panels = layer_panels(layers)
+    if not panels:
+        return False
+    blocks, projections = panels[0][1].shape
+    annotate = blocks * projections <= 400  # beyond that the numbers would not be legible
+    # Byte ratios are centred on 1.0 (no saving), on one scale for every format, so gains and costs
+    # read alike across panels; sparsity is on [0, 1].
+    ratios = [grid for title, grid in panels if "stored bytes" in title]
+    spread = max([float((g.stack() - 1.0).abs().max()) for g in ratios] + [0.05])
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    width = max(3.2, 0.75 * projections + 1.6)
+    height = max(2.6, 0.32 * blocks + 1.6)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (title, grid) in zip(axes.flat, panels, strict=False):
+        ratio = "stored bytes" in title
+        limits = dict(vmin=0.0, vmax=1.0, cmap="viridis")
+        if ratio:
+            limits = dict(vmin=1.0 - spread, vmax=1.0 + spread, cmap="RdBu_r")
+        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", **limits)
+        ax.set_xticks(range(grid.shape[1]), list(grid.columns), rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(grid.shape[0]), [str(b) for b in grid.index], fontsize=8)
+        ax.set_ylabel("block", fontsize=9)
+        ax.set_title(title, fontsize=10)
+        if annotate:
+            for (row, column), value in pd.DataFrame(grid.to_numpy()).stack().items():
+                # Dark text on the light middle of either colour map, light text on its dark ends.
+                light = abs(value - 1.0) < 0.6 * (limits["vmax"] - 1.0) if ratio else value > 0.6
+                colour = "black" if light else "white"
+                ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color=colour)
+        fig.colorbar(image, ax=ax, shrink=0.85)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -12,7 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..util.seeds import aggregate_seeds  # noqa: E402
 from .output import write_json  # noqa: E402
+from .tasks import SWEEP_PLOT_NAME, plot_task_curves, sweep_tasks_section, task_columns  # noqa: E402
 
 BEHAVIOUR_PANELS = [
     ("top1_agreement", "top-1 agreement"),
@@ -33,17 +35,36 @@ def _replace(path: Path, write) -> None:
     tmp.replace(path)
 
 
+POINT_COLUMNS = ["method", "pattern", "target_sparsity", "variant"]
+SEEDS_NOTE = "Under --seeds: summary.csv holds the mean and `<metric>_std` per point; plots show ± 1 std."
+
+
 def sort_rows(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
-    return table.sort_values(["method", "pattern", "target_sparsity", "variant"], kind="stable").reset_index(
-        drop=True
-    )
+    keys = POINT_COLUMNS + (["seed"] if "seed" in table.columns else [])
+    return table.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def has_seeds(table: pd.DataFrame) -> bool:
+    """Whether some point ran under several seeds (--seeds)."""
+    if "seed" not in table.columns or table.empty:
+        return False
+    return bool(table.groupby(POINT_COLUMNS)["seed"].nunique().max() > 1)
+
+
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per point and variant: mean over seeds and `<metric>_std` (one seed: the row itself, std 0)."""
+    if not has_seeds(table):
+        return table
+    return aggregate_seeds(table, POINT_COLUMNS)
 
 
 def collapse_points(table: pd.DataFrame) -> pd.DataFrame:
-    """Behaviour per (method, pattern, sparsity): formats agree within float tolerance, keep the first."""
-    return table.drop_duplicates(["method", "pattern", "target_sparsity"]).reset_index(drop=True)
+    """Behaviour per (method, pattern, sparsity): formats agree within float tolerance, keep the first.
+    Under --seeds, the mean over seeds (with `<metric>_std`)."""
+    points = seed_summary(table).drop_duplicates(["method", "pattern", "target_sparsity"])
+    return points.reset_index(drop=True)
 
 
 def threshold_crossings(table: pd.DataFrame, thresholds: list[float]) -> pd.DataFrame:
@@ -67,7 +88,17 @@ def plot_behaviour(table: pd.DataFrame, path: Path) -> None:
         for (method, pattern), rows in points.groupby(["method", "pattern"], sort=True):
             rows = rows.sort_values("target_sparsity")
             style = "o-" if len(rows) > 1 else "s"
-            ax.plot(rows["target_sparsity"], rows[column], style, label=f"{method} ({pattern})", markersize=5)
+            lines = ax.plot(
+                rows["target_sparsity"], rows[column], style, label=f"{method} ({pattern})", markersize=5
+            )
+            spread = rows.get(f"{column}_std")
+            if spread is not None and (spread > 0).any():
+                # --seeds: mean ± one standard deviation over seeds, as a band (a bar for a lone point).
+                low, high, color = rows[column] - spread, rows[column] + spread, lines[0].get_color()
+                if len(rows) > 1:
+                    ax.fill_between(rows["target_sparsity"], low, high, color=color, alpha=0.2)
+                else:
+                    ax.errorbar(rows["target_sparsity"], rows[column], yerr=spread, color=color)
         ax.set_xlabel("sparsity of pruned layers")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -130,6 +161,10 @@ def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> Non
     has_speed = "layer_speedup_n1" in table.columns
     if has_speed:
         _replace(out / "speedup.png", lambda p: plot_speedup(table, p))
+    if has_seeds(table):
+        _replace(out / "summary.csv", lambda p: seed_summary(table).to_csv(p, index=False))
+    if task_columns(table):  # --tasks: accuracy-vs-sparsity curves
+        _replace(out / SWEEP_PLOT_NAME, lambda p: plot_task_curves(collapse_points(table), p))
     crossings = threshold_crossings(table, config.thresholds)
     shown = table[
         [
@@ -148,12 +183,15 @@ def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> Non
         ]
     ]
     model = run.get("model", {}).get("name", config.base.model)
+    protocol_line = run.get("evaluation", {}).get("protocol")
     lines = [
         f"# prunescope sweep: {model}",
         "",
         f"{len(collapse_points(table))} points ({', '.join(config.methods)} x {', '.join(config.patterns)}), "
         f"variants {', '.join(config.variants)}; dense perplexity {table['dense_perplexity'].iloc[0]:.4g}.",
         "Metric definitions: docs/metrics.md in the prunescope repository.",
+        *([f"Perplexity: {protocol_line}."] if protocol_line else []),
+        *([SEEDS_NOTE] if has_seeds(table) else []),
         "",
         "## Where top-1 agreement collapses",
         "",
@@ -168,6 +206,7 @@ def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> Non
         "![cost](cost.png)",
         "",
         *(["## Measured speedup vs sparsity", "", "![speedup](speedup.png)", ""] if has_speed else []),
+        *sweep_tasks_section(collapse_points(table), run),
         "## All points",
         "",
         shown.to_markdown(index=False, floatfmt=".4g"),

@@ -155,15 +155,26 @@ static void csr_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
 
 static void dense_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
     const int64_t in = a->in, n = a->n, out = a->out;
-    const float *wt = (const float *)a->values;
     for (int64_t r = r0; r < r1; r++) {
         const float b = a->bias ? a->bias[r] : 0.f;
         for (int64_t t = 0; t < n; t++) {
-            const float *x = a->x + t * in, *w = wt + r * in;
+            const float *x = a->x + t * in;
             float acc = 0.f;
-            for (int64_t j = 0; j < in; j++) acc += w[j] * x[j];
+            for (int64_t j = 0; j < in; j++) acc += load_val(a->values, r * in + j, a->dtype) * x[j];
             a->y[t * out + r] = acc + b;
         }
+    }
+}
+
+/* Rows r0..r1 of a bitmask weight as dense float32 rows (dst: (r1 - r0) x in), zeros included. */
+static void unpack_rows_scalar(const ps_args *a, int64_t r0, int64_t r1, float *dst) {
+    const int64_t in = a->in, W = (in + 15) / 16;
+    for (int64_t r = r0; r < r1; r++) {
+        float *d = dst + (r - r0) * in;
+        memset(d, 0, (size_t)in * sizeof(float));
+        int64_t p = a->rowoff[r];
+        for (int64_t w = 0; w < W; w++)
+            for (unsigned k = a->mask[r * W + w]; k; k &= k - 1) d[16 * w + ctz16(k)] = load_val(a->values, p++, a->dtype);
     }
 }
 
@@ -174,6 +185,7 @@ static void dense_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
 
 /* Software prefetch of a weight stream into L2: `lines` cache lines from `from` on (see bm_row1_512). */
 PS_INLINE void prefetch_l2(const void *from, int lines) {
+    if (PS_PF_DIST <= 0) return; /* -DPS_PF_DIST=0: no software prefetch (the timing experiments) */
     for (int l = 0; l < lines; l++) _mm_prefetch((const char *)from + 64 * l, _MM_HINT_T1);
 }
 
@@ -645,11 +657,44 @@ TGT512 static void dense_rows_512(const ps_args *a, int64_t r0, int64_t r1) {
 /* perm8[k][i]: for lane i set in k, the rank of i among k's set bits (where its packed value sits). */
 static uint8_t perm8[256][8];
 
+/* perm8i[k][i]: the same ranks as 32-bit lanes, ready for vpermps without a widening shuffle, and 7 for
+ * a lane whose bit is clear; first8[c]: lanes 0..c-1 all ones (a vmaskmov mask).  A masked load of the c
+ * packed values leaves lanes c..7 zero, so when c < 8 lane 7 is zero and the permutation alone expands
+ * (c == 8 has no clear lane).  That is 1 shuffle per 8 lanes instead of 4 (widen the LUT entry, broadcast
+ * k, the permutation, and the and/compare pair to zero lanes), and no bounds check for fp32.
+ * Measured on AMD EPYC Zen 3 (one core, 4096 x 4096 fp32, s = 0.5, from DRAM, busy machine; -DPS_EXPAND8_OLD
+ * builds the old expand): the same speed within noise.  What limits this kernel there is the expand
+ * itself: with the permutation and its index load removed (wrong results, timing only) the kernel went
+ * from 0.71-0.80 to 0.89-0.96 of the byte bound, and from DRAM it draws 6-8 GB/s where a dense row draws
+ * 8-10; an in-lane (vpermilps) expand of two 4-value halves was slower (0.62-0.70). */
+static int32_t perm8i[256][8] __attribute__((aligned(32)));
+static int32_t first8[9][8] __attribute__((aligned(32)));
+
+/* bf16 expand in one byte shuffle: bfshuf[k] places packed half r (bytes 2r, 2r+1 of 16 loaded bytes) into
+ * the high half of 32-bit lane i when lane i is the r-th set bit of k, zeros elsewhere (index 0x80): the
+ * widening to fp32 (a 16-bit shift) and the zeroing come free with the permutation. */
+static uint8_t bfshuf[256][32] __attribute__((aligned(32)));
+
 static void init_perm8(void) {
     for (int k = 0; k < 256; k++) {
-        int c = 0;
-        for (int i = 0; i < 8; i++) perm8[k][i] = (k >> i & 1) ? (uint8_t)c++ : 0;
+        int r = 0;
+        for (int i = 0; i < 8; i++) {
+            const int set = k >> i & 1;
+            bfshuf[k][4 * i] = bfshuf[k][4 * i + 1] = 0x80;
+            bfshuf[k][4 * i + 2] = set ? (uint8_t)(2 * r) : 0x80;
+            bfshuf[k][4 * i + 3] = set ? (uint8_t)(2 * r + 1) : 0x80;
+            r += set;
+        }
     }
+    for (int k = 0; k < 256; k++) {
+        int c = 0;
+        for (int i = 0; i < 8; i++) {
+            perm8[k][i] = (k >> i & 1) ? (uint8_t)c : 0;
+            perm8i[k][i] = (k >> i & 1) ? c++ : 7;
+        }
+    }
+    for (int c = 0; c <= 8; c++)
+        for (int i = 0; i < 8; i++) first8[c][i] = i < c ? -1 : 0;
 }
 
 /* 8 raw values (no expand) starting at off, converted to float32. */
@@ -685,6 +730,31 @@ TGT2 PS_INLINE __m256 expand8_in(const void *vals, int64_t off, unsigned k, int 
     return _mm256_and_ps(_mm256_permutevar8x32_ps(raw8_256(vals, off, dt), idx), _mm256_castsi256_ps(lm));
 }
 
+/* fp32 expand of 8 lanes by the mask byte k with c = popcount(k) values at off: never reads past them. */
+TGT2 PS_INLINE __m256 expand8m(const float *vals, int64_t off, unsigned k, int c) {
+    const __m256 v = _mm256_maskload_ps(vals + off, _mm256_load_si256((const __m256i *)first8[c]));
+    return _mm256_permutevar8x32_ps(v, _mm256_load_si256((const __m256i *)perm8i[k]));
+}
+
+/* Any dtype: fp32 by the masked load; 16-bit by 8 raw halves (the caller keeps them inside the buffer),
+ * widened, lanes c..7 zeroed by the same mask, then the one permutation. */
+TGT2 PS_INLINE __m256 expand8x(const void *vals, int64_t off, unsigned k, int c, int dt) {
+    if (dt == PS_F32) return expand8m((const float *)vals, off, k, c);
+    if (dt == PS_BF16) {
+        const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)vals + off));
+        return _mm256_castsi256_ps(
+            _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(h), _mm256_load_si256((const __m256i *)bfshuf[k])));
+    }
+    const __m256 v = _mm256_and_ps(raw8_256(vals, off, dt), _mm256_load_ps((const float *)first8[c]));
+    return _mm256_permutevar8x32_ps(v, _mm256_load_si256((const __m256i *)perm8i[k]));
+}
+
+#ifdef PS_EXPAND8_OLD /* the timing experiment's baseline: the widened-LUT expand with and/compare */
+#define EXPAND8X(vals, off, k, c, dt) ((void)(c), expand8_in(vals, off, k, dt))
+#else
+#define EXPAND8X(vals, off, k, c, dt) expand8x(vals, off, k, c, dt)
+#endif
+
 /* One row, one token, as bm_row1_512: 4 mask words per step with prefix-popcount pointers (8 independent
  * 8-lane expands) and the same software prefetch of the value stream.  Measured here with the AVX2 path
  * forced, 2 threads, fp32: without the prefetch and the 4-word steps it ran at 0.73x / 0.94x the AVX2
@@ -696,8 +766,14 @@ TGT2 PS_INLINE float bm_row1_256(const ps_args *a, int64_t p, const uint16_t *m,
     const int es = dt == PS_F32 ? 4 : 2;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t w = 0;
-    /* a step reads at most 8 values past its last pointer: stop the fast loop while that stays in bounds */
-    for (; w + 4 <= Wfull && p + 64 + 8 <= a->nnz; w += 4) {
+    /* a 16-bit step reads at most 8 values past its last pointer: stop the fast loop while that stays in
+     * bounds (fp32 masked loads read only the values they use) */
+#ifdef PS_EXPAND8_OLD
+    const int64_t guard = 64 + 8;
+#else
+    const int64_t guard = dt == PS_F32 ? 0 : 64 + 8;
+#endif
+    for (; w + 4 <= Wfull && p + guard <= a->nnz; w += 4) {
         uint64_t mm;
         memcpy(&mm, m + w, 8);
         prefetch_l2((const char *)vals + p * es + PS_PF_DIST, pf_lines);
@@ -705,9 +781,10 @@ TGT2 PS_INLINE float bm_row1_256(const ps_args *a, int64_t p, const uint16_t *m,
         for (int q = 0; q < 4; q++) {
             const unsigned k = (unsigned)(mm >> (16 * q)) & 0xffffu, klo = k & 0xffu, khi = k >> 8;
             const int64_t plo = p + _mm_popcnt_u64(mm & ((1ULL << (16 * q)) - 1ULL));
-            const int64_t phi = plo + popcount16(klo);
-            acc[q] = _mm256_fmadd_ps(expand8_in(vals, plo, klo, dt), _mm256_loadu_ps(xc + 16 * q), acc[q]);
-            acc[q] = _mm256_fmadd_ps(expand8_in(vals, phi, khi, dt), _mm256_loadu_ps(xc + 16 * q + 8), acc[q]);
+            const int clo = popcount16(klo), chi = popcount16(khi);
+            acc[q] = _mm256_fmadd_ps(EXPAND8X(vals, plo, klo, clo, dt), _mm256_loadu_ps(xc + 16 * q), acc[q]);
+            acc[q] = _mm256_fmadd_ps(EXPAND8X(vals, plo + clo, khi, chi, dt), _mm256_loadu_ps(xc + 16 * q + 8),
+                                     acc[q]);
         }
         p += _mm_popcnt_u64(mm);
     }
@@ -738,8 +815,10 @@ TGT2 PS_INLINE void bm_rowT_256(const ps_args *a, int64_t p, const uint16_t *m, 
     for (int64_t w = 0; w < Wfull; w++) {
         const unsigned k = m[w], klo = k & 0xffu, khi = k >> 8;
         const int clo = popcount16(klo), chi = popcount16(khi);
-        const __m256 w0 = expand8(a->values, p, klo, clo, a->nnz, dt);
-        const __m256 w1 = expand8(a->values, p + clo, khi, chi, a->nnz, dt);
+        const __m256 w0 = dt == PS_F32 ? expand8m((const float *)a->values, p, klo, clo)
+                                       : expand8(a->values, p, klo, clo, a->nnz, dt);
+        const __m256 w1 = dt == PS_F32 ? expand8m((const float *)a->values, p + clo, khi, chi)
+                                       : expand8(a->values, p + clo, khi, chi, a->nnz, dt);
         p += clo + chi;
         for (int t = 0; t < T; t++) {
             const float *xc = x + t * in + 16 * w;
@@ -826,30 +905,83 @@ TGT2 static void csr_rows_256(const ps_args *a, int64_t r0, int64_t r1) {
     }
 }
 
-TGT2 static void dense_rows_256(const ps_args *a, int64_t r0, int64_t r1) {
+/* Dense reference on AVX2 for every storage type (bf16 -> fp32 is a 16-bit shift, fp16 an F16C convert),
+ * fp32 accumulation, the same 64-byte-per-step prefetch of the weight stream as the bitmask kernel. */
+TGT2 PS_INLINE void dense_rows_256_dt(const ps_args *a, int64_t r0, int64_t r1, int dt) {
     const int64_t in = a->in, n = a->n, out = a->out;
+    const int es = dt == PS_F32 ? 4 : 2;
     for (int64_t r = r0; r < r1; r++) {
-        const float *w = (const float *)a->values + r * in;
+        const int64_t w = r * in;
         const float b = a->bias ? a->bias[r] : 0.f;
         for (int64_t t = 0; t < n; t++) {
             const float *x = a->x + t * in;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             int64_t j = 0;
-            for (; j + 16 <= in; j += 16) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(x + j + 8), a1);
+            for (; j + 32 <= in; j += 32) {
+                if (n == 1) prefetch_l2((const char *)a->values + (w + j) * es + PS_PF_DIST, es == 4 ? 2 : 1);
+                a0 = _mm256_fmadd_ps(raw8_256(a->values, w + j, dt), _mm256_loadu_ps(x + j), a0);
+                a1 = _mm256_fmadd_ps(raw8_256(a->values, w + j + 8, dt), _mm256_loadu_ps(x + j + 8), a1);
+                a2 = _mm256_fmadd_ps(raw8_256(a->values, w + j + 16, dt), _mm256_loadu_ps(x + j + 16), a2);
+                a3 = _mm256_fmadd_ps(raw8_256(a->values, w + j + 24, dt), _mm256_loadu_ps(x + j + 24), a3);
             }
-            const __m256 s8 = _mm256_add_ps(a0, a1);
+            for (; j + 8 <= in; j += 8) a0 = _mm256_fmadd_ps(raw8_256(a->values, w + j, dt), _mm256_loadu_ps(x + j), a0);
+            const __m256 s8 = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
             __m128 q = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
             q = _mm_add_ps(q, _mm_movehl_ps(q, q));
             q = _mm_add_ss(q, _mm_movehdup_ps(q));
             float s = _mm_cvtss_f32(q);
-            for (; j < in; j++) s += w[j] * x[j];
+            for (; j < in; j++) s += load_val(a->values, w + j, dt) * x[j];
             a->y[t * out + r] = s + b;
         }
     }
 }
+
+TGT2 static void dense_rows_256(const ps_args *a, int64_t r0, int64_t r1) { dense_rows_256_dt(a, r0, r1, PS_F32); }
+TGT2 static void dense_rows_256_bf16(const ps_args *a, int64_t r0, int64_t r1) { dense_rows_256_dt(a, r0, r1, PS_BF16); }
+TGT2 static void dense_rows_256_f16(const ps_args *a, int64_t r0, int64_t r1) { dense_rows_256_dt(a, r0, r1, PS_F16); }
+
+/* Rows r0..r1 of a bitmask weight as dense float32 rows: the 8-lane emulated expand, stored. */
+TGT2 static void unpack_rows_256(const ps_args *a, int64_t r0, int64_t r1, float *dst) {
+    const int64_t in = a->in, W = (in + 15) / 16, Wfull = in / 16;
+    const int dt = a->dtype;
+    for (int64_t r = r0; r < r1; r++) {
+        float *d = dst + (r - r0) * in;
+        const uint16_t *m = a->mask + r * W;
+        int64_t p = a->rowoff[r];
+        for (int64_t w = 0; w < Wfull; w++) {
+            const unsigned k = m[w], klo = k & 0xffu, khi = k >> 8;
+            const int clo = popcount16(klo), chi = popcount16(khi);
+            /* the LUT expand, not the masked load: with the stores in flight, vmaskmovps made this 1.4-1.7x
+             * slower on Zen 3 (measured, 1536 x 4096 fp32, 2 threads) */
+            _mm256_storeu_ps(d + 16 * w, expand8(a->values, p, klo, clo, a->nnz, dt));
+            _mm256_storeu_ps(d + 16 * w + 8, expand8(a->values, p + clo, khi, chi, a->nnz, dt));
+            p += clo + chi;
+        }
+        if (in % 16) {
+            for (int64_t j = 16 * Wfull; j < in; j++) d[j] = 0.f;
+            for (unsigned k = m[Wfull]; k; k &= k - 1) d[16 * Wfull + ctz16(k)] = load_val(a->values, p++, dt);
+        }
+    }
+}
 #endif /* PS_X86 */
+
+/* -------------------------------------------------------------------------- cache flush -- */
+
+/* Write back and invalidate every cache line of [p, p + nbytes) in all cache levels (clflush is baseline
+ * x86-64): cold-cache timing of a working set too small to rotate copies of.  Returns 0, or -1 where the
+ * CPU has no such instruction (the caller evicts by streaming a large buffer instead). */
+int ps_flush(const void *p, int64_t nbytes) {
+#ifdef PS_X86
+    const char *c = (const char *)((uintptr_t)p & ~(uintptr_t)63), *end = (const char *)p + nbytes;
+    for (; c < end; c += 64) _mm_clflush(c);
+    _mm_mfence();
+    return 0;
+#else
+    (void)p;
+    (void)nbytes;
+    return -1;
+#endif
+}
 
 /* ---------------------------------------------------------------------------- dispatch -- */
 
@@ -919,13 +1051,40 @@ int ps_csr16_matmul(int isa, int nthreads, const ps_args *a) {
 int ps_dense_matmul(int isa, int nthreads, const ps_args *a) {
     const int rc = check(isa, a);
     if (rc) return rc;
-    if (a->dtype != PS_F32) return -2;
     if (a->n == 0 || a->out == 0) return 0;
     ps_rows_fn fn = dense_rows_scalar;
 #ifdef PS_X86
-    if (isa == PS_AVX512) fn = dense_rows_512;
-    if (isa == PS_AVX2) fn = dense_rows_256;
+    static const ps_rows_fn f256[3] = {dense_rows_256, dense_rows_256_bf16, dense_rows_256_f16};
+    /* 16-bit dense weights take the AVX2 code on AVX-512 machines too (AVX2 is a subset of them) */
+    if (isa == PS_AVX512) fn = a->dtype == PS_F32 ? dense_rows_512 : f256[a->dtype];
+    if (isa == PS_AVX2) fn = f256[a->dtype];
 #endif
     run_rows(fn, a, nthreads);
+    return 0;
+}
+
+int ps_bitmask_unpack(int isa, int nthreads, const ps_args *a, int64_t r0, int64_t r1, float *dst) {
+    const int rc = check(isa, a);
+    if (rc) return rc;
+    if (r0 < 0 || r1 > a->out || r0 > r1) return -2;
+    void (*fn)(const ps_args *, int64_t, int64_t, float *) = unpack_rows_scalar;
+#ifdef PS_X86
+    /* AVX-512 machines run the AVX2 unpack: it is a small share of the panel path (the GEMM dominates) */
+    if (isa >= PS_AVX2) fn = unpack_rows_256;
+#endif
+    const int64_t block = 16, nblocks = (r1 - r0 + block - 1) / block;
+    if (nthreads <= 1 || nblocks <= 1) {
+        fn(a, r0, r1, dst);
+        return 0;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t s0 = r0 + b * block, s1 = s0 + block < r1 ? s0 + block : r1;
+        fn(a, s0, s1, dst + (s0 - r0) * a->in);
+    }
+#else
+    fn(a, r0, r1, dst);
+#endif
     return 0;
 }

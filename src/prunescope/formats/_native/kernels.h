@@ -8,7 +8,7 @@
  *   bitmask: mask[out][ceil(in/16)] uint16 (bit j of word w <=> column 16*w + j is non-zero),
  *            values[nnz], row_offsets[out + 1] int64 (index of each row's first value).
  *   csr16:   cols[nnz] uint16 column indices, values[nnz], row_offsets[out + 1] int64.
- *   dense:   w[out][in] float32 (the honest bandwidth reference).
+ *   dense:   w[out][in] in dtype (the honest bandwidth reference).
  */
 #ifndef PRUNESCOPE_KERNELS_H
 #define PRUNESCOPE_KERNELS_H
@@ -29,7 +29,7 @@ typedef struct {
     const int64_t *rowoff;  /* out + 1 entries (sparse formats) */
     const float *bias;      /* out entries or NULL */
     float *y;               /* n x out; csr16 with xt: out x n */
-    int dtype;              /* PS_F32 / PS_BF16 / PS_F16 (dense: PS_F32 only) */
+    int dtype;              /* PS_F32 / PS_BF16 / PS_F16 */
     int dense_rows;         /* dense, one token: rows per step, 1 (prefetched stream) or 4 (interleaved) */
 } ps_args;
 
@@ -41,5 +41,10 @@ int ps_has_openmp(void);
 int ps_bitmask_matmul(int isa, int nthreads, const ps_args *a);
 int ps_csr16_matmul(int isa, int nthreads, const ps_args *a);
 int ps_dense_matmul(int isa, int nthreads, const ps_args *a);
+/* Rows r0..r1 of a bitmask weight decompressed into dst ((r1 - r0) x in float32, row-major): the panel a
+ * BLAS GEMM multiplies at many tokens, where the expand-and-FMA kernel is compute-bound. */
+/* Flush [p, p + nbytes) out of every cache level; -1 where the CPU cannot. */
+int ps_flush(const void *p, int64_t nbytes);
+int ps_bitmask_unpack(int isa, int nthreads, const ps_args *a, int64_t r0, int64_t r1, float *dst);
 
 #endif

@@ -1,0 +1,179 @@
+"""Facts about the machine a latency figure was measured on: CPU, caches, ISA path, threads, huge pages.
+
+A speedup measured on one x86 machine does not carry over to another (a 32 MiB L3 and a 480 MiB L3 make
+the same 64 MB weight cold or hot; MKL's GEMV is fast on one CPU and slow on another), so every result
+names the machine it came from.  Cache sizes come from sysfs (`/sys/devices/system/cpu/cpu0/cache`),
+else from `lscpu`, else a stated fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..formats import native
+
+SYSFS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
+# Used only when neither sysfs nor lscpu says: larger than most desktop L3s, so "cold" stays cold.
+FALLBACK_LLC_BYTES = 64 * 2**20
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+# Flags that decide which kernel path and which conversions a CPU has.
+_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def parse_size(text: str) -> int | None:
+    """'32768K' / '32 MiB' / '512 KiB' / '1048576' -> bytes; None if unreadable."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?\s*", text.strip(), re.IGNORECASE)
+    if not match:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def _sysfs_caches(root: Path) -> dict[str, int]:
+    caches: dict[str, int] = {}
+    for index in sorted(root.glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = parse_size((index / "size").read_text())
+        except OSError:
+            continue
+        if size is None or kind == "Instruction":
+            continue
+        caches[f"L{level}" + ("d" if kind == "Data" else "")] = size
+    return caches
+
+
+def _lscpu_caches() -> dict[str, int]:
+    try:
+        text = subprocess.run(
+            ["lscpu"], capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"}
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    caches = {}
+    for key, name in (("L1d", "L1d"), ("L2", "L2"), ("L3", "L3")):
+        # lscpu prints the total over instances, e.g. "L2 cache: 1 MiB (2 instances)"
+        match = re.search(rf"^{key} cache:\s*([\d.]+\s*[KMG]i?B?)(?:\s*\((\d+) instances?\))?", text, re.M)
+        if match:
+            size = parse_size(match.group(1))
+            count = int(match.group(2) or 1)
+            if size:
+                caches[name] = size // count if name != "L3" else size
+    return caches
+
+
+@lru_cache(maxsize=1)
+def cache_sizes(root: Path = SYSFS_CACHE) -> dict[str, int]:
+    """Data/unified cache sizes per instance in bytes ({"L1d": ..., "L2": ..., "L3": ...}); {} if unknown."""
+    return _sysfs_caches(root) or _lscpu_caches()
+
+
+def llc_bytes(caches: dict[str, int] | None = None) -> int:
+    """Size of the last-level cache (the largest one listed), or FALLBACK_LLC_BYTES when unknown."""
+    caches = cache_sizes() if caches is None else caches
+    return max(caches.values()) if caches else FALLBACK_LLC_BYTES
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """Model name, vendor, family/model numbers and the kernel-relevant flags from /proc/cpuinfo."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "vendor": fields.get("vendor_id"),
+        "family": int(fields["cpu family"]) if fields.get("cpu family", "").isdigit() else None,
+        "model": int(fields["model"]) if fields.get("model", "").isdigit() else None,
+        "flags": [f for f in _FLAGS if f in flags],
+    }
+
+
+def tensor_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes the tensors really hold (a sparse CSR tensor's numel() counts its zeros too)."""
+    return sum(t.numel() * t.element_size() for t in native.storage_parts(tensors))
+
+
+def cache_flusher(tensors: list[torch.Tensor], llc: int | None = None) -> Callable[[], None]:
+    """A call that takes `tensors` out of every cache level: clflush of their lines where the native
+    extension can (cheap, proportional to their size), else streaming a buffer of 2x the LLC."""
+    from .timing import evictor
+
+    tensors = [t for t in tensors if t.is_cpu]
+    if native.flush_cache(tensors[:1]):
+
+        def flush() -> None:
+            native.flush_cache(tensors)
+
+        return flush
+    return evictor(2 * (llc or llc_bytes()))
+
+
+def _thp_setting() -> str | None:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    match = re.search(r"\[(\w+)\]", text)
+    return match.group(1) if match else text.strip()
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:g} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:g} KiB"
+
+
+def machine_facts(dtype: torch.dtype | str | None = None, cache: str | None = None) -> dict:
+    """What every latency result records about where and how it was measured."""
+    caches = cache_sizes()
+    info = cpu_info()
+    return {
+        "cpu": info["cpu"],
+        "cpu_vendor": info["vendor"],
+        "cpu_family": info["family"],
+        "cpu_model": info["model"],
+        "cpu_flags": info["flags"],
+        "cpu_count": os.cpu_count(),
+        "caches_bytes": caches,
+        "llc_bytes": llc_bytes(caches),
+        "llc_source": "sysfs/lscpu" if caches else "fallback",
+        "isa": native.resolve_kernel(),
+        "threads": torch.get_num_threads(),
+        # PyTorch's switch (tensors >= 2 MB on transparent huge pages) and the kernel's THP mode
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
+        "transparent_hugepage": _thp_setting(),
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+        "cache": cache,
+    }
+
+
+def machine_line(facts: dict) -> str:
+    """One line naming the machine: 'AMD EPYC (family 25 model 1), L3 32 MiB, isa avx2, 2 threads, ...'."""
+    family = ""
+    if facts.get("cpu_family") is not None:
+        family = f" (family {facts['cpu_family']} model {facts['cpu_model']})"
+    caches = ", ".join(f"{k} {_mib(v)}" for k, v in facts.get("caches_bytes", {}).items()) or (
+        f"LLC {_mib(facts['llc_bytes'])} (fallback)"
+    )
+    parts = [f"{facts['cpu']}{family}", caches, f"isa {facts['isa']}", f"{facts['threads']} threads"]
+    if facts.get("dtype"):
+        parts.append(facts["dtype"])
+    if facts.get("cache"):
+        parts.append(f"{facts['cache']} cache")
+    parts.append(f"huge pages {'on' if facts.get('thp_mem_alloc') else 'off'}")
+    return ", ".join(parts)
