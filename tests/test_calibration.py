@@ -18,7 +18,7 @@ class ByteTokenizer:
 
     model_max_length = 64
 
-    def __call__(self, texts: list[str]) -> dict:
+    def __call__(self, texts: list[str], verbose: bool = True) -> dict:  # the keyword HF tokenizers take
         return {"input_ids": [[1, *text.encode("utf-8")] for text in texts]}
 
 

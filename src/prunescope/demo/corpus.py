@@ -151,12 +151,7 @@ def _load_unigram(model: Any, unigram: str | Path | dict | None) -> dict | None:
 
 def _token_stream(tokenizer: Any, texts: list[str]) -> np.ndarray:
     # Texts are far longer than the context; we only want ids, so silence the "sequence too long" warning.
-    saved = tokenizer.model_max_length
-    tokenizer.model_max_length = int(1e30)
-    try:
-        enc = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-    finally:
-        tokenizer.model_max_length = saved
+    enc = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
     return np.fromiter((t for ids in enc for t in ids), dtype=np.int64)
 
 

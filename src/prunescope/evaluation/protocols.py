@@ -55,12 +55,7 @@ class Evaluation:
 
 def _encode(tokenizer, text: str, **kwargs) -> list[int]:
     # A joined split is far longer than the model context on purpose; silence the "too long" warning.
-    saved = tokenizer.model_max_length
-    tokenizer.model_max_length = int(1e30)
-    try:
-        return list(tokenizer(text, **kwargs)["input_ids"])
-    finally:
-        tokenizer.model_max_length = saved
+    return list(tokenizer(text, verbose=False, **kwargs)["input_ids"])
 
 
 def _adds_bos(tokenizer) -> bool:
