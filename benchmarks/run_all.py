@@ -17,6 +17,7 @@ HERE = Path(__file__).parent
 SCRIPTS = [
     "bench_study",
     "bench_kernels",
+    "bench_expand",
     "bench_decode",
     "bench_latency",
     "bench_methods",

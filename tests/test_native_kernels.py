@@ -230,6 +230,22 @@ def test_auto_rule_keeps_prefill_speed():
     assert _fastest({1: {"dense": 1.0, "bitmask": 0.99}}, [1], margin=0.03, keep=0.95) == "dense"
 
 
+def test_auto_stops_timing_candidates_that_lost_decode():
+    from prunescope.formats.auto import _can_win, _fastest
+
+    first = {"dense": 1.0, "bitmask": 0.5, "csr16": 0.98}
+    assert set(_can_win(first, margin=0.03)) == {"dense", "bitmask"}
+    assert _can_win({"bitmask": 0.5, "csr16": 0.4}, margin=0.03) == {"bitmask": 0.5, "csr16": 0.4}
+    # csr16 was not timed at 64 tokens: it cannot be chosen, even if it were fastest at 1 token
+    best = {1: {"dense": 1.0, "bitmask": 0.6, "csr16": 0.5}, 64: {"dense": 1.0, "bitmask": 0.97}}
+    assert _fastest(best, [1, 64], margin=0.03, keep=0.95) == "bitmask"
+    w = torch.randn(48, 64)
+    w[torch.rand_like(w) < 0.5] = 0
+    chosen = choose_format(w, None, n_tokens=(1, 16), repeats=3, cache="hot")
+    assert set(chosen.auto_timings_by_n[16]) <= set(chosen.auto_timings_by_n[1])
+    assert "dense" in chosen.auto_timings_by_n[16]
+
+
 def test_custom_ops_under_torch_compile():
     try:
         import torch._inductor.config  # noqa: F401

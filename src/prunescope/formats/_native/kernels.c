@@ -92,10 +92,27 @@ static inline int ctz16(unsigned k) {
 
 typedef void (*ps_rows_fn)(const ps_args *a, int64_t r0, int64_t r1);
 
+#ifndef PS_BLOCK_BYTES
+#define PS_BLOCK_BYTES (256 << 10)
+#endif
+
+/* Rows per block: at least 16, and about PS_BLOCK_BYTES of weight stream.  Each block starts a new stream
+ * whose first PS_PF_DIST bytes the software prefetch cannot cover, so a block must be long against it:
+ * 16 rows of a 1536-wide, s = 0.5 fp32 bitmask weight are 50 KB, a sixth of them demand misses. */
+static int64_t block_rows(const ps_args *a) {
+    const int es = a->dtype == PS_F32 ? 4 : 2;
+    const int64_t out = a->out > 0 ? a->out : 1;
+    int64_t row_bytes = a->in * es; /* dense */
+    if (a->mask) row_bytes = a->nnz * es / out + 2 * ((a->in + 15) / 16);
+    else if (a->cols) row_bytes = a->nnz * (es + 2) / out;
+    const int64_t rows = PS_BLOCK_BYTES / (row_bytes > 0 ? row_bytes : 1);
+    return rows < 16 ? 16 : (rows + 15) / 16 * 16;
+}
+
 /* Blocks of rows handed out dynamically: a core shared with another process must not stall the whole call,
- * and 16 consecutive rows keep each thread's weight stream long enough for the hardware prefetcher. */
+ * and a block's consecutive rows keep each thread's weight stream long for the prefetchers. */
 static void run_rows(ps_rows_fn fn, const ps_args *a, int nthreads) {
-    const int64_t out = a->out, block = 16, nblocks = (out + block - 1) / block;
+    const int64_t out = a->out, block = block_rows(a), nblocks = (out + block - 1) / block;
     /* tiny layers: a parallel region costs more than the work */
     if (nthreads <= 1 || nblocks <= 1 || out * a->in * (a->n < 8 ? a->n : 8) < 65536) {
         fn(a, 0, out);
@@ -660,13 +677,7 @@ static uint8_t perm8[256][8];
 /* perm8i[k][i]: the same ranks as 32-bit lanes, ready for vpermps without a widening shuffle, and 7 for
  * a lane whose bit is clear; first8[c]: lanes 0..c-1 all ones (a vmaskmov mask).  A masked load of the c
  * packed values leaves lanes c..7 zero, so when c < 8 lane 7 is zero and the permutation alone expands
- * (c == 8 has no clear lane).  That is 1 shuffle per 8 lanes instead of 4 (widen the LUT entry, broadcast
- * k, the permutation, and the and/compare pair to zero lanes), and no bounds check for fp32.
- * Measured on AMD EPYC Zen 3 (one core, 4096 x 4096 fp32, s = 0.5, from DRAM, busy machine; -DPS_EXPAND8_OLD
- * builds the old expand): the same speed within noise.  What limits this kernel there is the expand
- * itself: with the permutation and its index load removed (wrong results, timing only) the kernel went
- * from 0.71-0.80 to 0.89-0.96 of the byte bound, and from DRAM it draws 6-8 GB/s where a dense row draws
- * 8-10; an in-lane (vpermilps) expand of two 4-value halves was slower (0.62-0.70). */
+ * (c == 8 has no clear lane).  Used where a read may not pass the last value (multi-token rows). */
 static int32_t perm8i[256][8] __attribute__((aligned(32)));
 static int32_t first8[9][8] __attribute__((aligned(32)));
 
@@ -675,7 +686,26 @@ static int32_t first8[9][8] __attribute__((aligned(32)));
  * widening to fp32 (a 16-bit shift) and the zeroing come free with the permutation. */
 static uint8_t bfshuf[256][32] __attribute__((aligned(32)));
 
+/* fp32 expand in one in-lane byte shuffle: the low 128-bit lane holds the 4 values of lanes 0..3 (packed at
+ * off), the high one the 4 of lanes 4..7 (packed at off + popcount(k & 15)); f32shuf[k] moves packed value
+ * r of each half into its lane and zeros the clear lanes (index 0x80).  vpshufb is in-lane and zeros for
+ * free, where vpermps crosses lanes and needs a masked load or an and to zero.  benchmarks/bench_expand.py
+ * on AMD EPYC Zen 3 (one core, 4096-wide fp32 rows in L2, s = 0.5): this loop 8.4 G weights/s, the masked
+ * load + vpermps 7.4, loadu + vpermps + and 7.5; with no expand at all (wrong results) 16.8, a dense row
+ * 15.3.  The expand is half of this kernel's time on AVX2, and this is the cheapest one found. */
+static uint8_t f32shuf[256][32] __attribute__((aligned(32)));
+
 static void init_perm8(void) {
+    for (int k = 0; k < 256; k++) {
+        for (int h = 0; h < 2; h++) {
+            int r = 0;
+            for (int i = 0; i < 4; i++) {
+                const int set = k >> (4 * h + i) & 1;
+                for (int b = 0; b < 4; b++) f32shuf[k][16 * h + 4 * i + b] = set ? (uint8_t)(4 * r + b) : 0x80;
+                r += set;
+            }
+        }
+    }
     for (int k = 0; k < 256; k++) {
         int r = 0;
         for (int i = 0; i < 8; i++) {
@@ -721,25 +751,21 @@ TGT2 PS_INLINE __m256 expand8(const void *vals, int64_t off, unsigned k, int c, 
     return _mm256_and_ps(_mm256_permutevar8x32_ps(v, idx), _mm256_castsi256_ps(lm));
 }
 
-/* AVX2 "expand" of 8 lanes whose packed values start at off: the same as expand8 for a word known to have
- * its 8 values inside the buffer (the caller checks once per 4-word step). */
-TGT2 PS_INLINE __m256 expand8_in(const void *vals, int64_t off, unsigned k, int dt) {
-    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)perm8[k]));
-    const __m256i bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    const __m256i lm = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)k), bits), bits);
-    return _mm256_and_ps(_mm256_permutevar8x32_ps(raw8_256(vals, off, dt), idx), _mm256_castsi256_ps(lm));
-}
-
 /* fp32 expand of 8 lanes by the mask byte k with c = popcount(k) values at off: never reads past them. */
 TGT2 PS_INLINE __m256 expand8m(const float *vals, int64_t off, unsigned k, int c) {
     const __m256 v = _mm256_maskload_ps(vals + off, _mm256_load_si256((const __m256i *)first8[c]));
     return _mm256_permutevar8x32_ps(v, _mm256_load_si256((const __m256i *)perm8i[k]));
 }
 
-/* Any dtype: fp32 by the masked load; 16-bit by 8 raw halves (the caller keeps them inside the buffer),
- * widened, lanes c..7 zeroed by the same mask, then the one permutation. */
+/* Any dtype, for a word whose reads stay inside the buffer (the caller checks: at most 8 values past off):
+ * fp32 by two 4-value loads and f32shuf; bf16 by bfshuf; fp16 by 8 raw halves, widened, lanes c..7 zeroed,
+ * then the one permutation. */
 TGT2 PS_INLINE __m256 expand8x(const void *vals, int64_t off, unsigned k, int c, int dt) {
-    if (dt == PS_F32) return expand8m((const float *)vals, off, k, c);
+    if (dt == PS_F32) {
+        const float *v = (const float *)vals + off;
+        const __m256i two = _mm256_loadu2_m128i((const __m128i *)(v + popcount16(k & 15u)), (const __m128i *)v);
+        return _mm256_castsi256_ps(_mm256_shuffle_epi8(two, _mm256_load_si256((const __m256i *)f32shuf[k])));
+    }
     if (dt == PS_BF16) {
         const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)vals + off));
         return _mm256_castsi256_ps(
@@ -748,12 +774,6 @@ TGT2 PS_INLINE __m256 expand8x(const void *vals, int64_t off, unsigned k, int c,
     const __m256 v = _mm256_and_ps(raw8_256(vals, off, dt), _mm256_load_ps((const float *)first8[c]));
     return _mm256_permutevar8x32_ps(v, _mm256_load_si256((const __m256i *)perm8i[k]));
 }
-
-#ifdef PS_EXPAND8_OLD /* the timing experiment's baseline: the widened-LUT expand with and/compare */
-#define EXPAND8X(vals, off, k, c, dt) ((void)(c), expand8_in(vals, off, k, dt))
-#else
-#define EXPAND8X(vals, off, k, c, dt) expand8x(vals, off, k, c, dt)
-#endif
 
 /* One row, one token, as bm_row1_512: 4 mask words per step with prefix-popcount pointers (8 independent
  * 8-lane expands) and the same software prefetch of the value stream.  Measured here with the AVX2 path
@@ -766,13 +786,9 @@ TGT2 PS_INLINE float bm_row1_256(const ps_args *a, int64_t p, const uint16_t *m,
     const int es = dt == PS_F32 ? 4 : 2;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t w = 0;
-    /* a 16-bit step reads at most 8 values past its last pointer: stop the fast loop while that stays in
-     * bounds (fp32 masked loads read only the values they use) */
-#ifdef PS_EXPAND8_OLD
+    /* a step's expands read at most 8 values past its last pointer: stop the fast loop while that stays in
+     * bounds, the last steps below check every read */
     const int64_t guard = 64 + 8;
-#else
-    const int64_t guard = dt == PS_F32 ? 0 : 64 + 8;
-#endif
     for (; w + 4 <= Wfull && p + guard <= a->nnz; w += 4) {
         uint64_t mm;
         memcpy(&mm, m + w, 8);
@@ -782,8 +798,8 @@ TGT2 PS_INLINE float bm_row1_256(const ps_args *a, int64_t p, const uint16_t *m,
             const unsigned k = (unsigned)(mm >> (16 * q)) & 0xffffu, klo = k & 0xffu, khi = k >> 8;
             const int64_t plo = p + _mm_popcnt_u64(mm & ((1ULL << (16 * q)) - 1ULL));
             const int clo = popcount16(klo), chi = popcount16(khi);
-            acc[q] = _mm256_fmadd_ps(EXPAND8X(vals, plo, klo, clo, dt), _mm256_loadu_ps(xc + 16 * q), acc[q]);
-            acc[q] = _mm256_fmadd_ps(EXPAND8X(vals, plo + clo, khi, chi, dt), _mm256_loadu_ps(xc + 16 * q + 8),
+            acc[q] = _mm256_fmadd_ps(expand8x(vals, plo, klo, clo, dt), _mm256_loadu_ps(xc + 16 * q), acc[q]);
+            acc[q] = _mm256_fmadd_ps(expand8x(vals, plo + clo, khi, chi, dt), _mm256_loadu_ps(xc + 16 * q + 8),
                                      acc[q]);
         }
         p += _mm_popcnt_u64(mm);
@@ -951,10 +967,15 @@ TGT2 static void unpack_rows_256(const ps_args *a, int64_t r0, int64_t r1, float
         for (int64_t w = 0; w < Wfull; w++) {
             const unsigned k = m[w], klo = k & 0xffu, khi = k >> 8;
             const int clo = popcount16(klo), chi = popcount16(khi);
-            /* the LUT expand, not the masked load: with the stores in flight, vmaskmovps made this 1.4-1.7x
-             * slower on Zen 3 (measured, 1536 x 4096 fp32, 2 threads) */
-            _mm256_storeu_ps(d + 16 * w, expand8(a->values, p, klo, clo, a->nnz, dt));
-            _mm256_storeu_ps(d + 16 * w + 8, expand8(a->values, p + clo, khi, chi, a->nnz, dt));
+            /* byte-shuffle expands (no masked load: with the stores in flight, vmaskmovps made this 1.4-1.7x
+             * slower on Zen 3, 1536 x 4096 fp32, 2 threads); bounds-checked ones for the buffer's last words */
+            if (p + 16 <= a->nnz) {
+                _mm256_storeu_ps(d + 16 * w, expand8x(a->values, p, klo, clo, dt));
+                _mm256_storeu_ps(d + 16 * w + 8, expand8x(a->values, p + clo, khi, chi, dt));
+            } else {
+                _mm256_storeu_ps(d + 16 * w, expand8(a->values, p, klo, clo, a->nnz, dt));
+                _mm256_storeu_ps(d + 16 * w + 8, expand8(a->values, p + clo, khi, chi, a->nnz, dt));
+            }
             p += clo + chi;
         }
         if (in % 16) {
