@@ -282,6 +282,14 @@ def test_unpack_rows_matches_to_dense(kernel, dtype):
             assert torch.equal(out, w[r0:r1].float()), (sparsity, r0, r1)
 
 
+def test_panel_rows_grow_with_tokens_up_to_a_cap():
+    assert native.panel_rows(4096) == 128  # 2 MiB of float32
+    assert native.panel_rows(4096, 64) == 128
+    assert native.panel_rows(4096, 500) == 512
+    assert native.panel_rows(4096, 100_000) == native.PANEL_MAX_TOKEN_ROWS
+    assert native.panel_rows(10**6) == 16
+
+
 @pytest.mark.parametrize("kernel", ["avx512", "avx2"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_panel_path_over_several_panels(kernel, dtype):

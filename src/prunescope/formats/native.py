@@ -205,15 +205,19 @@ def bitmask_matmul(
 PANEL_MIN_TOKENS = 16
 # Bytes of one decompressed panel: it is written, then read by the GEMM while still in L2/L3.
 PANEL_BYTES = 2 * 2**20
+# Panels grow with the token count up to this many rows (measured up to 512 tokens), which bounds the
+# scratch buffer at long prefills: 512 rows of a 4096-wide weight are 8 MiB.
+PANEL_MAX_TOKEN_ROWS = 512
 
 
 def panel_rows(in_features: int, n_tokens: int = 0) -> int:
     """Rows per decompressed panel: about PANEL_BYTES of float32, a multiple of 16, at least 16, and at
-    least `n_tokens` (rounded up to 16).  A panel much shorter than the token count makes a GEMM too flat
-    to block well: at 512 tokens, 128-row panels of a 1536 x 4096 weight ran at 0.79x F.linear and
-    512-row ones at 1.02x (AMD EPYC Zen 3, 2 threads, s = 0.5), while at 64 tokens 2 MiB panels win."""
+    least `n_tokens` (rounded up to 16, up to PANEL_MAX_TOKEN_ROWS).  A panel much shorter than the token
+    count makes a GEMM too flat to block well: at 512 tokens, 128-row panels of a 1536 x 4096 weight ran at
+    0.79x F.linear and 512-row ones at 1.02x (AMD EPYC Zen 3, 2 threads, s = 0.5), while at 64 tokens
+    2 MiB panels win."""
     by_bytes = PANEL_BYTES // (4 * max(1, in_features)) // 16 * 16
-    return max(16, by_bytes, (n_tokens + 15) // 16 * 16)
+    return max(16, by_bytes, (min(n_tokens, PANEL_MAX_TOKEN_ROWS) + 15) // 16 * 16)
 
 
 def bitmask_unpack(
