@@ -68,11 +68,21 @@ def _candidate(module: nn.Module, x: torch.Tensor, cache: str, llc: int) -> Cand
     return cold_candidate(make, _nbytes(module), llc, cache_flusher(tensors, llc))
 
 
+def _can_win(best: dict[str, float], margin: float) -> dict[str, float]:
+    """The candidates still in the running after the first token count: dense, and the sparse ones that beat
+    it there by `margin` (the others can never be chosen, so their prefill timings are skipped: csr16 at
+    512 tokens takes a second a call)."""
+    if "dense" not in best:
+        return best
+    return {k: t for k, t in best.items() if k == "dense" or t <= (1 - margin) * best["dense"]}
+
+
 def _fastest(best: dict[int, dict[str, float]], tokens: list[int], margin: float, keep: float) -> str:
-    """The candidate to use: fastest at tokens[0] among those that are, at every other token count, at
-    least `keep` times dense's speed; a sparse one must also beat dense by `margin` at tokens[0].  Only
+    """The candidate to use: fastest at tokens[0] among those that beat dense there by `margin` (dense
+    itself included) and are, at every other token count, at least `keep` times dense's speed.  Only
     candidates timed at every count compete (`choose_format` stops timing those that lost at tokens[0])."""
-    first = {k: v for k, v in best[tokens[0]].items() if all(k in best[n] for n in tokens)}
+    timed = {k: v for k, v in best[tokens[0]].items() if all(k in best[n] for n in tokens)}
+    first = _can_win(timed, margin)
     ok = [
         name
         for name in first
@@ -82,19 +92,7 @@ def _fastest(best: dict[int, dict[str, float]], tokens: list[int], margin: float
     ]
     if not ok:  # candidates without dense (an explicit list): fall back to the fastest at tokens[0]
         ok = list(first)
-    choice = min(ok, key=first.get)
-    if choice != "dense" and "dense" in first and first[choice] > (1 - margin) * first["dense"]:
-        choice = "dense"
-    return choice
-
-
-def _can_win(best: dict[str, float], margin: float) -> dict[str, float]:
-    """The candidates still in the running after the first token count: dense, and the sparse ones that beat
-    it there by `margin` (the others can never be chosen, so their prefill timings are skipped: csr16 at
-    512 tokens takes a second a call)."""
-    if "dense" not in best:
-        return best
-    return {k: t for k, t in best.items() if k == "dense" or t <= (1 - margin) * best["dense"]}
+    return min(ok, key=first.get)
 
 
 @torch.no_grad()
