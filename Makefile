@@ -37,3 +37,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info results bench-results
+
+# On a GPU host (Colab, a cluster node): the Python that is there, with its own CUDA torch; no venv and
+# nothing downloaded (--no-deps; --no-build-isolation builds with the setuptools already installed).
+.PHONY: gpu-check
+gpu-check:
+	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PYTHON) benchmarks/gpu_check.py --out gpu-check.json

@@ -37,11 +37,11 @@ import torch
 from torch import nn
 
 from prunescope.formats.base import SparseLinear
-from prunescope.latency.benchmark import convert_copy, environment, prune_copy
-from prunescope.latency.machine import machine_line
-from prunescope.latency.timing import Candidate, TimingPolicy, measure_interleaved
+from prunescope.hardware.machine import machine_line
+from prunescope.hardware.timing import Candidate, TimingPolicy, measure_interleaved
+from prunescope.latency.benchmark import convert_copy, environment
 from prunescope.layers import prunable_layers
-from prunescope.pruning import PruneSpec
+from prunescope.pruning import PruneSpec, prune
 
 FORMATS = ("dense", "dense_copy", "masked", "bitmask", "csr16", "auto")
 # A second dense model, timed like the others: its ratio to dense is the run's A/A noise floor.
@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     dense = llama(args.hidden, args.intermediate, args.layers, args.heads, args.vocab, dtype)
     params = sum(p.numel() for p in dense.parameters())
     names = list(prunable_layers(dense))
-    pruned = prune_copy(dense, names, PruneSpec.create("magnitude", args.sparsity, scope="layer"))
+    pruned = copy.deepcopy(dense)
+    spec = PruneSpec.create("magnitude", args.sparsity, scope="layer")
+    prune(pruned, {n: pruned.get_submodule(n) for n in names}, spec, progress=False)
     env = environment(torch.device("cpu"), dtype, "cold")
     print(f"# {machine_line(env['machine'])}; torch {torch.__version__}", flush=True)
     took = time.perf_counter() - start
@@ -160,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "masked":
             variants[name] = pruned
         else:
-            options = {"auto": {"n_tokens": auto_tokens, "cache": "cold"}}
-            variants[name] = convert_copy(pruned, names, name, 16, options).eval()
+            settings = {"block_size": 16, "n_tokens": auto_tokens, "cache": "cold"}
+            variants[name] = convert_copy(pruned, names, name, settings).eval()
         build_s[name] = time.perf_counter() - t0
         print(f"# built {name} in {build_s[name]:.0f} s", flush=True)
     choices: dict[str, int] = {}

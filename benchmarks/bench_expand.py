@@ -20,7 +20,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from prunescope.latency.machine import machine_facts, machine_line
+from prunescope.formats import native
+from prunescope.hardware.machine import machine_facts, machine_line
 
 HERE = Path(__file__).parent
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if "error" in runs[0]:
         print(f"# {runs[0]['error']}: nothing measured")
         return 0
-    facts = machine_facts(cache="hot")
+    facts = machine_facts(cache="hot", isa=native.resolve_kernel())
     rates = {k: statistics.median(r["gweights_per_s"][k] for r in runs) for k in runs[0]["gweights_per_s"]}
     print(f"# {machine_line(facts)}; one core, {args.rows} rows x 4096 fp32, s = 0.5, rows in L2")
     shipped = rates["vpshufb_halves"]

@@ -39,8 +39,8 @@ from prunescope.formats import native
 from prunescope.formats.auto import choose_format
 from prunescope.formats.bitmask import BitmaskLinear
 from prunescope.formats.csr16 import CSR16Linear
-from prunescope.latency.machine import llc_bytes, machine_facts, machine_line
-from prunescope.latency.timing import Candidate, Rotation, TimingPolicy, cold_copies, measure_interleaved
+from prunescope.hardware.machine import llc_bytes, machine_facts, machine_line
+from prunescope.hardware.timing import Candidate, Rotation, TimingPolicy, cold_copies, measure_interleaved
 
 SHAPES = [(4096, 4096), (11008, 4096)]
 SPARSITIES = [0.3, 0.5, 0.7, 0.9]
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "python": sys.version.split()[0],
         "machine": platform.machine(),
-        "machine_facts": machine_facts(None, args.cache),
+        "machine_facts": machine_facts(None, args.cache, isa=native.resolve_kernel()),
         "cache": args.cache,
         "cpu_count": os.cpu_count(),
         "openmp_runtimes": native.openmp_runtimes(),

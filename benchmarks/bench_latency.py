@@ -14,6 +14,7 @@ Each at magnitude sparsity s in {0.3, 0.5, 0.7, 0.9} and n in {1, 64} tokens, ev
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -25,6 +26,7 @@ from rich.table import Table
 from torch import nn
 
 from prunescope.formats import FORMATS
+from prunescope.hardware.machine import machine_line
 from prunescope.latency import (
     LatencyConfig,
     TimingPolicy,
@@ -33,12 +35,10 @@ from prunescope.latency import (
     bench_weight,
     environment,
     parse_formats,
-    prune_copy,
 )
-from prunescope.latency.machine import machine_line
-from prunescope.latency.report import json_rows
 from prunescope.layers import prunable_layers
 from prunescope.pruning import PruneSpec, prune
+from prunescope.report.latency import json_rows
 from prunescope.report.output import write_json
 
 SPARSITIES = [0.3, 0.5, 0.7, 0.9]
@@ -76,7 +76,8 @@ def _tag(rows: list[dict], **tags) -> list[dict]:
 
 def bench_opt(sparsity: float, layer_config: LatencyConfig, model_config: LatencyConfig, model) -> list[dict]:
     names = list(prunable_layers(model))
-    pruned = prune_copy(model, names, PruneSpec.create("magnitude", sparsity))
+    pruned = copy.deepcopy(model)
+    prune(pruned, {n: pruned.get_submodule(n) for n in names}, PruneSpec.create("magnitude", sparsity))
     rows = _tag(bench_layers(model, pruned, names, layer_config), subject="opt-125m", s=sparsity)
     if model_config.model_level:
         rows += _tag(bench_model(model, pruned, names, model_config), subject="opt-125m", s=sparsity)
@@ -176,7 +177,7 @@ def save(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-results/latency.json"))
-    parser.add_argument("--formats", default=",".join(["masked", *FORMATS, "semi-structured"]))
+    parser.add_argument("--formats", default=",".join(["masked", *FORMATS]))  # semi-structured included
     parser.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)))
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     parser.add_argument(

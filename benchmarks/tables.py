@@ -64,7 +64,7 @@ def model_table(latency: dict) -> list[str]:
 
 def machine_of(payload: dict) -> str:
     """The machine line a result recorded (results from before issue 17 have none)."""
-    from prunescope.latency.machine import machine_line
+    from prunescope.hardware.machine import machine_line
 
     meta = payload.get("meta", {})
     facts = meta.get("machine_facts") or meta.get("environment", {}).get("machine")

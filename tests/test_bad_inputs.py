@@ -268,24 +268,3 @@ def test_long_documents_raise_no_library_warning():
     assert key not in tokenizer.deprecation_warnings
     tokenizer(long_text)  # the check itself: an unsilenced call does record it
     assert tokenizer.deprecation_warnings.get(key)
-
-
-def test_shared_options_are_spelled_and_explained_alike():
-    """--out/--overwrite/--progress/--seed/--dtype/--device: one definition (commands/common.py) each.
-
-    sweep and train-demo resume their folder rather than replace it: same names, their own help."""
-    import typer.main
-
-    group = typer.main.get_command(app)
-    helps: dict[str, set[str]] = {}
-    for name, command in group.commands.items():
-        for param in command.params:
-            if param.name in ("out", "overwrite", "progress", "seed", "dtype", "device"):
-                assert f"--{param.name}" in param.opts, (name, param.opts)
-                if not (name in ("sweep", "train-demo") and param.name in ("out", "overwrite")):
-                    helps.setdefault(param.name, set()).add(param.help)
-        if name in ("study", "sweep", "bench", "prune", "evaluate", "sensitivity"):
-            progress = next(p for p in command.params if p.name == "progress")
-            assert "--no-progress" in progress.secondary_opts, name
-    assert set(helps) == {"out", "overwrite", "progress", "seed", "dtype", "device"}
-    assert all(len(texts) == 1 for texts in helps.values()), helps

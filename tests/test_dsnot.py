@@ -13,7 +13,7 @@ from transformers import OPTConfig, OPTForCausalLM
 from prunescope.errors import PrunescopeError
 from prunescope.layers import linear_weight, prunable_layers
 from prunescope.pruning import PruneSpec, prune, restore
-from prunescope.pruning.dsnot import MomentStats, refine_mask
+from prunescope.pruning.refinements.dsnot import MomentStats, refine_mask
 
 VOCAB = 96
 SAMPLES = 4

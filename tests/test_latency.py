@@ -5,6 +5,7 @@ Nothing here depends on this machine's speed."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from types import SimpleNamespace
@@ -16,9 +17,12 @@ from typer.testing import CliRunner
 
 from prunescope import PrunescopeError, PruneSpec, prunable_layers, prune
 from prunescope.cli import app
+from prunescope.experiments.latency import latency_section
 from prunescope.formats import FORMATS, convert
 from prunescope.formats.base import SparseLinear
 from prunescope.formats.bsr import BSRLinear
+from prunescope.formats.semi_structured import is_two_four
+from prunescope.hardware.timing import choose_inner
 from prunescope.latency import (
     Candidate,
     LatencyConfig,
@@ -26,14 +30,11 @@ from prunescope.latency import (
     TimingPolicy,
     bench_model,
     bench_weight,
-    latency_section,
     measure,
     measure_interleaved,
     parse_formats,
-    prune_copy,
 )
-from prunescope.latency.timing import choose_inner
-from prunescope.latency.variants import is_two_four, layer_theory
+from prunescope.latency.variants import layer_theory
 
 from .conftest import tiny_opt
 
@@ -256,7 +257,9 @@ def test_bench_weight_times_correct_formats_and_reports_wrong_and_unsupported_on
     assert by["broken"]["status"].startswith("error: output differs")
     assert by["broken"]["repeats"] == 0 and math.isnan(by["broken"]["median_s"])
     assert by["missing"]["status"].startswith("unsupported:")
-    assert by["semi-structured"]["status"] == "unsupported: 2:4 semi-structured kernels need CUDA"
+    assert by["semi-structured"]["status"] == (
+        "unsupported: 2:4 semi-structured kernels need CUDA (compute capability >= 8.0), not cpu"
+    )
     assert math.isnan(by["semi-structured"]["speedup"])
 
 
@@ -283,7 +286,7 @@ def test_speedup_is_the_ratio_of_medians_from_the_fake_clock():
     clock = FakeClock()
     durations = {"dense": 0.004, "masked": 0.001}
 
-    def build(names, weight, b, block_size):
+    def build(names, weight, b):
         return dict.fromkeys(names)
 
     # Charge the fake clock per call by wrapping F.linear through the weight each variant uses.
@@ -367,7 +370,9 @@ def test_two_four_detection():
 def _tiny_pair(sparsity=0.5):
     model = tiny_opt()
     names = list(prunable_layers(model))
-    return model, prune_copy(model, names, PruneSpec.create("magnitude", sparsity)), names
+    pruned = copy.deepcopy(model)
+    prune(pruned, {n: pruned.get_submodule(n) for n in names}, PruneSpec.create("magnitude", sparsity))
+    return model, pruned, names
 
 
 def test_bench_model_rows_prefill_and_decode_per_format(broken_format):

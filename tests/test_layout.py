@@ -1,4 +1,5 @@
-"""The package layout: no import cycle (read from the source with ast), a short top level."""
+"""The package layout: no import cycle (read from the source with ast), only the allowed package edges,
+a short top level."""
 
 from __future__ import annotations
 
@@ -97,6 +98,103 @@ def test_cycle_finder_finds_a_planted_cycle():
     # The checker itself must be able to fail: a -> b -> c -> a is one cycle, d alone is none.
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
+
+
+# Which top-level packages (or modules) of prunescope each one may import, lazily or not.  "*" = any.
+# Read bottom-up: errors/util/hardware know nothing of pruning; formats time their `auto` choice through
+# hardware, never latency; latency measures what formats build and does not prune (the caller does) nor
+# write files (report does); experiments orchestrate everything below commands; commands and the CLI
+# may import anything.  A new edge is a design decision: add it here with the code that needs it.
+_ALLOWED = {
+    "errors": "",
+    "version": "",
+    "util": "errors",
+    "hardware": "errors",
+    "device": "errors",
+    "demo": "errors",
+    # quantization may be imported by formats (a quantized format), so it stays below them
+    "quantization": "errors layers util hardware device",
+    "formats": "errors layers util hardware quantization",
+    # layers -> formats: `isinstance(module, SparseLinear)` (formats.base) where a projection may be sparse
+    "layers": "errors formats",
+    "structure": "errors formats layers quantization",
+    "latency": "errors formats hardware layers structure util",
+    "models": "errors util device demo checkpoint",
+    "evaluation": "errors util device demo models",
+    "pruning": "errors util device demo layers evaluation hardware",
+    "checkpoint": "errors util device layers formats structure pruning evaluation quantization cli",
+    "report": "errors util hardware latency models evaluation structure layers",
+    "experiments": "errors util version device hardware demo layers structure formats quantization latency "
+    "models evaluation pruning checkpoint report",
+    "commands": "*",
+    "cli": "*",
+    "__init__": "*",  # prunescope/__init__.py: the public API re-exports
+}
+ALLOWED: dict[str, set[str]] = {package: set(targets.split()) for package, targets in _ALLOWED.items()}
+# Module-level exceptions, each with the reason and when it goes.
+TRANSITIONAL: dict[str, tuple[set[str], str]] = {}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _forbidden_edges(graph: dict[str, set[str]], allowed: dict[str, set[str]], transitional=None) -> list:
+    """'module -> imported module' for every import that crosses packages outside the `allowed` table."""
+    transitional = transitional or {}
+    bad = []
+    for module, deps in sorted(graph.items()):
+        source = _package(module)
+        ok = allowed.get(source)
+        extra = transitional.get(module, (set(), ""))[0]
+        for dep in sorted(deps):
+            target = _package(dep)
+            if target == source or (ok is not None and ("*" in ok or target in ok)) or target in extra:
+                continue
+            bad.append(f"{module} -> {dep}")
+    return bad
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, is_pkg, modules) for name, (path, is_pkg) in modules.items()}
+
+
+def test_only_allowed_package_edges():
+    graph = _graph()
+    unknown = sorted({_package(m) for m in graph} - set(ALLOWED))
+    assert unknown == [], f"new top-level packages need a row in ALLOWED: {unknown}"
+    assert _forbidden_edges(graph, ALLOWED, TRANSITIONAL) == []
+
+
+def test_edge_checker_catches_a_planted_edge(tmp_path):
+    graph = _graph()
+    planted = {**graph, "prunescope.formats.auto": graph["prunescope.formats.auto"] | {"prunescope.latency"}}
+    assert _forbidden_edges(planted, ALLOWED, TRANSITIONAL) == [
+        "prunescope.formats.auto -> prunescope.latency"
+    ]
+    # a lazy import inside a function counts as much as one at the top
+    fake = tmp_path / "fake.py"
+    fake.write_text("def f():\n    from ..latency.benchmark import run_latency\n", encoding="utf-8")
+    deps = _imports("prunescope.formats.fake", fake, False, _modules())
+    assert _forbidden_edges({"prunescope.formats.fake": deps}, ALLOWED) == [
+        "prunescope.formats.fake -> prunescope.latency.benchmark"
+    ]
+    # the transitional exception covers its one module only
+    moved = {"prunescope.latency.benchmark": {"prunescope.pruning"}}
+    assert _forbidden_edges(moved, ALLOWED, TRANSITIONAL) == [
+        "prunescope.latency.benchmark -> prunescope.pruning"
+    ]
+
+
+def test_formats_and_latency_stay_below_what_they_must_not_know():
+    graph = _graph()
+    for module, deps in graph.items():
+        if _package(module) == "formats":
+            assert not {d for d in deps if _package(d) == "latency"}, module
+        if _package(module) == "hardware":
+            assert not {d for d in deps if _package(d) in ("formats", "latency")}, module
 
 
 def test_top_level_is_short():

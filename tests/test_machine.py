@@ -9,8 +9,7 @@ import torch
 
 from prunescope.errors import PrunescopeError
 from prunescope.formats import native
-from prunescope.latency import LatencyConfig
-from prunescope.latency.machine import (
+from prunescope.hardware.machine import (
     FALLBACK_LLC_BYTES,
     _sysfs_caches,
     cache_flusher,
@@ -19,7 +18,7 @@ from prunescope.latency.machine import (
     machine_line,
     parse_size,
 )
-from prunescope.latency.timing import (
+from prunescope.hardware.timing import (
     Candidate,
     Rotation,
     TimingPolicy,
@@ -29,6 +28,7 @@ from prunescope.latency.timing import (
     measure_interleaved,
     with_eviction,
 )
+from prunescope.latency import LatencyConfig
 
 
 def test_parse_size_units():
@@ -61,7 +61,7 @@ def test_sysfs_caches_skip_instruction_caches_and_llc_is_the_largest(tmp_path):
 
 
 def test_machine_facts_name_the_machine():
-    facts = machine_facts(torch.bfloat16, "cold")
+    facts = machine_facts(torch.bfloat16, "cold", isa=native.resolve_kernel())
     assert facts["dtype"] == "bfloat16" and facts["cache"] == "cold"
     assert facts["isa"] in native.KERNELS and facts["threads"] == torch.get_num_threads()
     assert facts["llc_bytes"] > 0 and isinstance(facts["thp_mem_alloc"], bool)
@@ -124,7 +124,8 @@ def test_flush_keeps_the_data_and_the_flusher_falls_back():
     flushed = native.flush_cache([t])
     assert flushed == (native.available() and platform.machine() in ("x86_64", "AMD64", "i686"))
     assert torch.equal(t, before)
-    cache_flusher([t], llc=2**20)()  # either path runs
+    cache_flusher([t], llc=2**20, flush_lines=native.flush_cache)()  # either path runs
+    cache_flusher([t], llc=2**20)()  # without the native flush: streams a buffer
     assert torch.equal(t, before)
 
 
@@ -174,3 +175,136 @@ def test_evicted_microsecond_calls_take_a_bounded_number_of_samples():
     timing = measure_interleaved({"c": candidate}, policy, clock=tick)["c"]
     assert timing.repeats == 20 and timing.inner == 1  # 4 x min_repeats
     assert timing.median == pytest.approx(1e-5)
+
+
+# ------------------------------------------------------------------------ GPU timing, tested with stubs
+
+
+class _StubEvent:
+    """A CUDA event on a fake GPU clock: `record()` stamps the stub's current time."""
+
+    def __init__(self, gpu, enable_timing=False):
+        assert enable_timing
+        self.gpu = gpu
+        self.at = None
+
+    def record(self):
+        self.at = self.gpu.now
+
+    def synchronize(self):
+        self.gpu.synced += 1
+
+    def elapsed_time(self, end):
+        return (end.at - self.at) * 1e3  # milliseconds, as CUDA reports them
+
+
+class _StubCuda:
+    def __init__(self, properties=None, capability=(8, 0)):
+        self.now = 0.0
+        self.synced = 0
+        self.properties = properties
+        self.capability = capability
+        self.driver = "550.54.15"
+        self.driver_cuda = "12.4"
+
+    def Event(self, enable_timing=False):  # noqa: N802 - torch.cuda's name
+        return _StubEvent(self, enable_timing)
+
+    def get_device_properties(self, device=None):
+        return self.properties
+
+    def get_device_capability(self, device=None):
+        return self.capability
+
+    def is_available(self):
+        return True
+
+
+def _h200_properties(**overrides):
+    from types import SimpleNamespace
+
+    fields = dict(name="NVIDIA H200", major=9, minor=0, L2_cache_size=60 * 2**20, total_memory=141 * 2**30,
+                  multi_processor_count=132)  # fmt: skip
+    return SimpleNamespace(**(fields | overrides))
+
+
+def test_cuda_event_timer_times_on_the_gpu_clock():
+    from prunescope.hardware.timing import CudaEventTimer
+
+    gpu = _StubCuda()
+
+    def kernel():
+        gpu.now += 0.002  # the GPU's time; the host clock does not move at all
+
+    timer = CudaEventTimer(gpu)
+    policy = TimingPolicy(warmup=1, min_time=0.0, min_repeats=3)
+    timing = measure_interleaved({"k": Candidate(kernel)}, policy, clock=lambda: 0.0, timer=timer)["k"]
+    assert timing.samples == pytest.approx((0.002, 0.002, 0.002)) and timing.inner == 1
+    assert gpu.synced == 1 + 3  # one wait on the end event per sample (warm-up included)
+
+
+def test_timer_choice_follows_the_device_and_an_injected_clock():
+    from prunescope.hardware.timing import CudaEventTimer, WallTimer, device_sync, timer_for
+
+    assert isinstance(timer_for(torch.device("cuda")), CudaEventTimer)  # built without touching a GPU
+    assert isinstance(timer_for("cpu"), WallTimer)
+    injected = timer_for("cuda", clock=lambda: 1.0)  # tests' fake clocks keep working on any device
+    assert isinstance(injected, WallTimer) and injected.sync is torch.cuda.synchronize
+    assert device_sync("cuda") is torch.cuda.synchronize and device_sync("cpu")() is None
+
+
+def test_gpu_flush_buffer_exceeds_the_l2():
+    from prunescope.hardware import gpu
+    from prunescope.hardware.timing import GpuFlusher
+
+    stub = _StubCuda(_h200_properties())
+    assert gpu.l2_bytes(0, cuda=stub) == 60 * 2**20
+    assert gpu.flush_bytes(60 * 2**20) == 120 * 2**20  # twice the L2, as a write-back cache needs
+    assert gpu.flush_bytes(4 * 2**20) == 8 * 2**20  # a T4's 4 MiB
+    assert gpu.flush_bytes(1024) == gpu.MIN_FLUSH_BYTES
+    unknown = _StubCuda(_h200_properties(L2_cache_size=0))
+    assert gpu.l2_bytes(0, cuda=unknown) == gpu.FALLBACK_L2_BYTES
+    flusher = GpuFlusher(4096, "cpu")  # the same code on a CPU tensor: one write of the whole buffer
+    flusher.buffer.fill_(7)
+    flusher()
+    assert flusher.buffer.numel() == 1024 and not flusher.buffer.any()
+
+
+def test_gpu_flusher_is_sized_from_the_l2_and_shared(monkeypatch):
+    from prunescope.hardware import gpu, timing
+
+    monkeypatch.setattr(gpu, "l2_bytes", lambda device=None, cuda=None: 3 * 2**20)
+    monkeypatch.setattr(timing, "_GPU_FLUSHERS", {})
+    first = timing.gpu_flusher("cpu")
+    assert first.nbytes == 8 * 2**20 and timing.gpu_flusher("cpu") is first
+
+
+def test_cold_cache_on_cuda_flushes_the_l2_and_sizes_copies_from_it(monkeypatch):
+    from prunescope.hardware import gpu, machine, timing
+
+    monkeypatch.setattr(gpu, "l2_bytes", lambda device=None, cuda=None: 50 * 2**20)
+    assert machine.last_level_cache("cuda") == 50 * 2**20
+    assert machine.last_level_cache("cpu") == llc_bytes()
+    sentinel = object()
+    monkeypatch.setattr(timing, "gpu_flusher", lambda device: sentinel)
+    assert cache_flusher([torch.ones(4)], 2**20, device="cuda") is sentinel
+
+
+def test_gpu_facts_name_the_gpu(monkeypatch):
+    from prunescope.hardware import gpu
+
+    stub = _StubCuda(_h200_properties())
+    facts = gpu.gpu_facts(0, cuda=stub)
+    assert facts["name"] == "NVIDIA H200" and facts["compute_capability"] == "9.0"
+    assert facts["l2_bytes"] == 60 * 2**20 and facts["memory_bytes"] == 141 * 2**30
+    assert facts["driver"] == "550.54.15" and facts["driver_cuda"] == "12.4"
+    assert facts["torch"] == torch.__version__ and facts["multiprocessors"] == 132
+    line = gpu.gpu_line(facts)
+    assert line.startswith("NVIDIA H200 (sm 9.0, L2 60 MiB, 141 GiB, driver 550.54.15")
+    assert gpu.compute_capability(0, cuda=_StubCuda(capability=(7, 5))) == (7, 5)
+
+    monkeypatch.setattr(gpu, "gpu_facts", lambda device, cuda=None: facts)
+    machine = machine_facts(torch.float16, "cold", device="cuda")
+    assert machine["gpu"] == facts and machine["isa"] is None
+    assert machine_line(machine).startswith("NVIDIA H200 (sm 9.0")
+    assert "gpu" not in machine_facts(torch.float16, "cold", device="cpu")

@@ -15,9 +15,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from prunescope.errors import PrunescopeError
 from prunescope.layers import linear_weight, prunable_layers
 from prunescope.pruning import PruneSpec, prune, restore
-from prunescope.pruning.calibrated import capture_block_inputs, find_blocks, prune_calibrated
-from prunescope.pruning.sparsegpt import HessianStats, prune_sparsegpt
-from prunescope.pruning.wanda import WandaStats, wanda_mask, wanda_scores
+from prunescope.pruning.capture import capture_block_inputs, find_blocks
+from prunescope.pruning.driver import prune_calibrated
+from prunescope.pruning.methods.sparsegpt import HessianStats, prune_sparsegpt
+from prunescope.pruning.methods.wanda import WandaStats, wanda_mask, wanda_scores
 
 VOCAB = 96
 
@@ -224,7 +225,8 @@ def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda(pattern: str) ->
     prune_sparsegpt(layer, stats_h, spec)
     sparsegpt_err = error(layer.weight.detach())
     magnitude = PruneSpec.create("magnitude", spec.sparsity, pattern, scope="row")
-    from prunescope.pruning.magnitude import magnitude_scores, mask_from_scores
+    from prunescope.pruning.methods.magnitude import magnitude_scores
+    from prunescope.pruning.scoring import mask_from_scores
 
     magnitude_err = error(dense.masked_fill(mask_from_scores(magnitude_scores(dense), magnitude), 0))
     wanda_err = error(dense.masked_fill(wanda_mask(wanda_scores(dense, stats_w), spec), 0))

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from prunescope.errors import PrunescopeError
 from prunescope.formats import native
 from prunescope.formats.auto import choose_format
-from prunescope.formats.bitmask import BitmaskLinear, pack_mask, unpack_mask
+from prunescope.formats.bitmask import BitmaskLinear, pack_bitmask, unpack_bitmask
 from prunescope.formats.csr16 import CSR16Linear
 
-FORMATS = {"bitmask": BitmaskLinear, "csr16": CSR16Linear}
+CLASSES = {"bitmask": BitmaskLinear, "csr16": CSR16Linear}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NATIVE = ["avx512", "avx2", "scalar"]
 PROPERTY = settings(
@@ -54,7 +54,7 @@ def _available_paths() -> list[str]:
 
 @PROPERTY
 @given(
-    fmt=st.sampled_from(sorted(FORMATS)),
+    fmt=st.sampled_from(sorted(CLASSES)),
     dtype=st.sampled_from(DTYPES),
     out=st.integers(1, 70),
     inp=st.one_of(st.integers(1, 300), st.sampled_from([16, 64, 65, 127, 256, 1000])),
@@ -69,7 +69,7 @@ def test_every_path_matches_f_linear(fmt, dtype, out, inp, sparsity, n, lead, us
     g = torch.Generator().manual_seed(seed + 1)
     b = torch.randn(out, generator=g).to(dtype) if use_bias else None
     x = torch.randn(*lead, n, inp, generator=g)
-    module = FORMATS[fmt].from_dense(w, b)
+    module = CLASSES[fmt].from_dense(w, b)
     assert torch.equal(module.to_dense(), w)
     for kernel in _available_paths():
         module.kernel = kernel
@@ -80,7 +80,7 @@ def test_every_path_matches_f_linear(fmt, dtype, out, inp, sparsity, n, lead, us
 
 @PROPERTY
 @given(
-    fmt=st.sampled_from(sorted(FORMATS)),
+    fmt=st.sampled_from(sorted(CLASSES)),
     dtype=st.sampled_from(DTYPES),
     out=st.integers(1, 40),
     inp=st.integers(1, 200),
@@ -89,7 +89,7 @@ def test_every_path_matches_f_linear(fmt, dtype, out, inp, sparsity, n, lead, us
 )
 def test_round_trip_and_bytes(fmt, dtype, out, inp, sparsity, seed):
     w = _pruned(out, inp, sparsity, dtype, seed)
-    module = FORMATS[fmt].from_dense(w, torch.ones(out, dtype=dtype))
+    module = CLASSES[fmt].from_dense(w, torch.ones(out, dtype=dtype))
     dense = module.to_dense()
     assert dense.dtype == dtype and torch.equal(dense, w)
     nnz = int((w != 0).sum())
@@ -103,14 +103,14 @@ def test_round_trip_and_bytes(fmt, dtype, out, inp, sparsity, seed):
 def test_mask_bit_order_and_sign_bit():
     nz = torch.zeros(2, 33, dtype=torch.bool)
     nz[0, 0] = nz[0, 15] = nz[1, 16] = nz[1, 32] = True
-    words = pack_mask(nz)
+    words = pack_bitmask(nz)
     assert words.dtype == torch.int16 and words.shape == (2, 3)
     assert (words.to(torch.int32) & 0xFFFF).tolist() == [[0x8001, 0, 0], [0, 1, 1]]
-    assert torch.equal(unpack_mask(words, 33), nz)
+    assert torch.equal(unpack_bitmask(words, 33), nz)
 
 
 @pytest.mark.parametrize("kernel", ["avx512", "avx2", "scalar", "torch"])
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", sorted(CLASSES))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forced_path_via_env(monkeypatch, kernel, fmt, dtype):
     _skip_unless(kernel)
@@ -121,7 +121,7 @@ def test_forced_path_via_env(monkeypatch, kernel, fmt, dtype):
     for sparsity in (0.6, 0.0):
         w = _pruned(67, 1000, sparsity, dtype, seed=3)
         b = torch.randn(67).to(dtype)
-        module = FORMATS[fmt].from_dense(w, b)
+        module = CLASSES[fmt].from_dense(w, b)
         for shape in ((1000,), (1, 1000), (2, 1, 1000), (2, 5, 1000), (8, 1000), (12, 1000), (2, 40, 1000)):
             x = torch.randn(shape)
             _check_close(module(x), x, w, b)
@@ -147,17 +147,20 @@ def test_bad_kernel_name_and_unavailable_path(monkeypatch):
             BitmaskLinear.from_dense(torch.ones(2, 2))(torch.ones(1, 2))
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
-def test_cpu_only_and_shape_errors(fmt):
-    module = FORMATS[fmt].from_dense(torch.ones(3, 4))
+@pytest.mark.parametrize("fmt", sorted(CLASSES))
+def test_support_and_shape_errors(fmt):
+    module = CLASSES[fmt].from_dense(torch.ones(3, 4))
     with pytest.raises(PrunescopeError, match="CPU only"):
-        module(torch.ones(1, 4, device="meta"))
+        module._native(torch.ones(1, 4, device="meta"), native.best_kernel())  # the C kernels need CPU x
     with pytest.raises(PrunescopeError, match="last dim"):
         module(torch.ones(1, 5))
-    with pytest.raises(PrunescopeError, match="CPU only"):
-        FORMATS[fmt].check_support(torch.float32, torch.device("meta"))
+    with pytest.raises(PrunescopeError, match="meta device"):
+        CLASSES[fmt].check_support(torch.float32, torch.device("meta"))
+    with pytest.raises(PrunescopeError, match="meta device"):
+        CLASSES[fmt].from_dense(torch.ones(3, 4, device="meta"))
     with pytest.raises(PrunescopeError, match="dtype"):
-        FORMATS[fmt].from_dense(torch.ones(3, 4, dtype=torch.float64))
+        CLASSES[fmt].from_dense(torch.ones(3, 4, dtype=torch.float64))
+    CLASSES[fmt].check_support(torch.float16, torch.device("cuda"))  # the torch path runs there
 
 
 def test_csr16_rejects_wide_layers():
@@ -165,11 +168,11 @@ def test_csr16_rejects_wide_layers():
         CSR16Linear.from_dense(torch.zeros(1, 65537))
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", sorted(CLASSES))
 def test_state_dict_and_to(fmt):
     w = _pruned(9, 40, 0.5, torch.float32, seed=1)
-    a = FORMATS[fmt].from_dense(w, torch.randn(9))
-    other = FORMATS[fmt].from_dense(2 * w, torch.zeros(9))  # same sparsity pattern, so same buffer shapes
+    a = CLASSES[fmt].from_dense(w, torch.randn(9))
+    other = CLASSES[fmt].from_dense(2 * w, torch.zeros(9))  # same sparsity pattern, so same buffer shapes
     other.load_state_dict(a.state_dict())
     assert torch.equal(other.to_dense(), w) and torch.equal(other.bias, a.bias)
     half = a.to(torch.bfloat16)
@@ -336,3 +339,97 @@ def test_dense_reference_kernel(kernel):
                 _check_close(native.dense_matmul(x, w, b, kernel, rows), x, w, b)
     with pytest.raises(PrunescopeError, match="rows"):
         native.dense_matmul(torch.randn(1, 4), torch.randn(3, 4), rows=2)
+
+
+# ------------------------------------------------------------------------- the torch path (every device)
+
+
+@pytest.mark.parametrize("fmt", sorted(CLASSES))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile_rows", [None, 16, 7])
+def test_torch_path_expands_tiles_of_rows_and_matches(monkeypatch, fmt, dtype, tile_rows):
+    # the path CUDA (and any non-CPU device) runs, forced on the CPU; tiles of 7 and 16 rows of a 67-row
+    # weight exercise the multi-tile GEMMs, None the whole weight in one tile
+    from prunescope.formats import expand
+
+    if tile_rows is not None:
+        elsize = 4  # the CPU path expands into float32 tiles
+        monkeypatch.setattr(expand, "TILE_BYTES", tile_rows * 1000 * elsize)
+    for bias in (torch.randn(67).to(dtype), None):
+        w = _pruned(67, 1000, 0.6, dtype, seed=5)
+        module = CLASSES[fmt].from_dense(w, bias, kernel="torch")
+        assert module.path == "torch"
+        assert len(module._blocks) == (1 if tile_rows is None else -(-67 // tile_rows))
+        for shape in ((1000,), (1, 1000), (2, 5, 1000), (40, 1000)):
+            x = torch.randn(shape)
+            _check_close(module(x), x, w, bias)
+        assert torch.equal(module.to_dense(), w)
+
+
+@pytest.mark.parametrize("fmt", sorted(CLASSES))
+def test_torch_path_reads_nothing_back_from_the_device_per_call(monkeypatch, fmt):
+    # on a GPU a host read (item, tolist, cpu) would synchronise every call; the tile bounds are host
+    # integers computed when the buffers were set
+    w = _pruned(40, 96, 0.5, torch.float32, seed=6)
+    module = CLASSES[fmt].from_dense(w, torch.randn(40), kernel="torch")
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a host read in the forward")
+
+    x = torch.randn(3, 96)
+    expected = F.linear(x, w, module.bias)
+    for name in ("item", "tolist", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    y = module(x)
+    monkeypatch.undo()
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", sorted(CLASSES))
+def test_buffers_are_checked_once_not_per_call(monkeypatch, fmt):
+    w = _pruned(24, 64, 0.5, torch.float32, seed=7)
+    module = CLASSES[fmt].from_dense(w, torch.randn(24))
+    x = torch.randn(2, 64)
+    expected = module(x)
+    checker = "check_bitmask_buffers" if fmt == "bitmask" else "check_csr16_buffers"
+
+    def fail(*args):
+        raise PrunescopeError("checked again")
+
+    monkeypatch.setattr(native, checker, fail)
+    for kernel in native.available_kernels():
+        module.kernel = kernel
+        torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)  # no check per call
+    with pytest.raises(PrunescopeError, match="checked again"):
+        module.float()  # `.to()` / `_apply` replaces the buffers: they are checked again
+
+
+@pytest.mark.parametrize("fmt", sorted(CLASSES))
+def test_load_state_dict_refreshes_the_tiles(fmt):
+    # same shapes and nnz, another pattern: the cached tile bounds must follow the new row offsets
+    a = torch.zeros(4, 16)
+    a[0, :8] = 1.0
+    a[3, 8:] = 2.0
+    b = torch.zeros(4, 16)
+    b[1, :4] = 3.0
+    b[2, :12] = 4.0
+    module = CLASSES[fmt].from_dense(a, kernel="torch")
+    other = CLASSES[fmt].from_dense(b, kernel="torch")
+    module.load_state_dict(other.state_dict())
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(module(x), F.linear(x, b))
+
+
+def test_custom_ops_take_the_torch_path_off_the_cpu_and_return_float32():
+    from prunescope.formats.bitmask import _bitmask_linear_impl
+    from prunescope.formats.csr16 import _csr16_linear_impl
+
+    w = _pruned(12, 40, 0.5, torch.bfloat16, seed=8)
+    x = torch.randn(3, 40).to(torch.bfloat16)
+    bm = BitmaskLinear.from_dense(w)
+    cs = CSR16Linear.from_dense(w)
+    y1 = _bitmask_linear_impl(x, bm.values, bm.mask, bm.row_offsets, None, 40, "torch")
+    y2 = _csr16_linear_impl(x, cs.values, cs.col_indices, cs.row_offsets, None, 40, "torch")
+    assert y1.dtype == y2.dtype == torch.float32
+    _check_close(y1, x, w, None)
+    _check_close(y2, x, w, None)

@@ -13,7 +13,7 @@ from transformers import OPTConfig, OPTForCausalLM
 from prunescope.errors import PrunescopeError
 from prunescope.layers import linear_weight, prunable_layers
 from prunescope.pruning import PruneSpec, prune, restore
-from prunescope.pruning.allocation import outlier_ratio, owl_sparsities
+from prunescope.pruning.allocations.owl import outlier_ratio, owl_sparsities
 
 VOCAB = 96
 

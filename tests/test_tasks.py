@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 import os
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # before datasets is imported anywhere
@@ -86,25 +87,31 @@ def study(task_dir, tmp_path_factory):
         "--out",
         str(out),
         "--no-progress",
+        "--device",
+        "cpu",  # bitmask and exact agreement with lm-eval's CPU run below
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return out, result.output
 
 
-def lm_eval_reference(pretrained, task_dir) -> dict[str, float]:
-    """acc and acc_norm of `tiny_identifier` by lm-eval alone, on the checkpoint folder `pretrained`."""
+def lm_eval_reference(pretrained, task_dir) -> dict:
+    """acc and acc_norm of `tiny_identifier` by lm-eval alone, on the checkpoint folder `pretrained`, and its
+    per-sample acc by document id (`log_samples`)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    results = lm_eval.simple_evaluate(
+    output = lm_eval.simple_evaluate(
         model="hf",
         model_args={"pretrained": str(pretrained), "dtype": "float32", "device": "cpu"},
         tasks=["tiny_identifier"],
         batch_size=8,
         task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-    )["results"]["tiny_identifier"]
-    return {"acc": results["acc,none"], "acc_norm": results["acc_norm,none"]}
+        log_samples=True,
+    )
+    results = output["results"]["tiny_identifier"]
+    samples = {s["doc_id"]: s["acc"] for s in output["samples"]["tiny_identifier"] if s["filter"] == "none"}
+    return {"acc": results["acc,none"], "acc_norm": results["acc_norm,none"], "samples": samples}
 
 
 def test_dense_and_masked_equal_lm_eval_exactly_formats_within_one_document(study, task_dir, tmp_path):
@@ -126,6 +133,18 @@ def test_dense_and_masked_equal_lm_eval_exactly_formats_within_one_document(stud
         assert tiny["masked", metric] == masked[metric]
         for fmt in ("csr", "bitmask"):  # float sums in another order may flip one near-tie, no more
             assert abs(tiny[fmt, metric] - tiny["masked", metric]) <= 1 / DOCS + 1e-12
+    # Flips of masked against dense, counted by hand from lm-eval's own per-sample results.
+    b = sum(1 for d, ok in dense["samples"].items() if ok == 1.0 and masked["samples"][d] == 0.0)
+    c = sum(1 for d, ok in dense["samples"].items() if ok == 0.0 and masked["samples"][d] == 1.0)
+    assert len(dense["samples"]) == DOCS
+    flips = tiny.loc["masked"]
+    assert flips["correct_to_wrong"] == b and flips["wrong_to_correct"] == c
+    assert flips["flips"] == pytest.approx((b + c) / DOCS)
+    n = b + c
+    p = min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n) if n else 1.0
+    assert flips["mcnemar_p"] == pytest.approx(p)
+    flip_rows = tasks[(tasks["task"] == "tiny_identifier") & (tasks["metric"] == "flips")]
+    assert set(flip_rows["n"]) == {DOCS} and tiny["dense", "flips"] == 0.0
 
 
 def test_results_folder_names_metrics_and_versions(study):
@@ -139,6 +158,7 @@ def test_results_folder_names_metrics_and_versions(study):
     assert run["tasks"]["tasks"][TASK_NAME]["main_metric"] == "acc"
     report = (out / "report.md").read_text()
     assert "## Zero-shot tasks" in report and "![tasks](tasks.png)" in report
+    assert "### Flips against dense" in report and f"task:{TASK_NAME}:flips" in summary.columns
     assert (out / "tasks.png").stat().st_size > 0
     assert f"task {TASK_NAME} (acc, {DOCS} docs) dense" in output
     # The bundled task ran offline beside the local YAML; the summary column is the long form's value.
@@ -204,7 +224,8 @@ def test_sweep_and_evaluate_score_the_same_as_the_study(study, tmp_path):
     out, _ = study
     summary = pd.read_csv(out / "summary.csv").set_index("variant")
     column = f"task:{TASK_NAME}:acc"
-    tasks = ["--tasks", TASK_NAME, "--tasks-limit", str(DOCS), "--no-progress"]
+    # on the CPU like the study, so the scores can be equal
+    tasks = ["--tasks", TASK_NAME, "--tasks-limit", str(DOCS), "--no-progress", "--device", "cpu"]
     sweep = tmp_path / "sweep"
     args = ["sweep", "--sparsity", SPARSITY, "--max-tokens", "256", "--out", str(sweep), *tasks]
     result = runner.invoke(app, args)
@@ -212,6 +233,8 @@ def test_sweep_and_evaluate_score_the_same_as_the_study(study, tmp_path):
     points = pd.read_csv(sweep / "results.csv")
     assert list(points[column]) == [summary.loc["masked", column]]  # the same pruned weights
     assert list(points[f"dense_{column}"]) == [summary.loc["dense", column]]
+    flips = f"task:{TASK_NAME}:flips"  # the sweep's flips curve: the same pruned weights as the study's
+    assert list(points[flips]) == [summary.loc["masked", flips]] and list(points[f"dense_{flips}"]) == [0.0]
     assert "## Zero-shot tasks vs sparsity" in (sweep / "report.md").read_text()
     assert (sweep / "tasks.png").stat().st_size > 0
     evaluated = tmp_path / "evaluated"

@@ -8,47 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import PrunescopeError
+# Device and dtype decisions live in device.py; these names stay importable from here.
+from .device import DTYPES, choose_dtype, cuda_index, resolve_device, resolve_dtype  # noqa: F401
+from .errors import PrunescopeError, first_line
 from .util.heap import own_storage
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise PrunescopeError(f"unknown device {device!r}; use auto, cpu, cuda or mps") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise PrunescopeError("device 'cuda' requested but CUDA is not available here")
-    if resolved.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise PrunescopeError("device 'mps' requested but MPS is not available here")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto`: float32 on CPU (half matmuls are slow there and torch's CPU CSR has no half kernels),
-    float16 on CUDA/MPS."""
-    if dtype == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
-    if dtype not in DTYPES:
-        raise PrunescopeError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
-    resolved = DTYPES[dtype]
-    try:
-        a = torch.ones(2, 2, dtype=resolved, device=device)
-        torch.nn.functional.linear(a, a)
-    except (RuntimeError, TypeError) as error:
-        raise PrunescopeError(f"dtype {dtype} is not supported on {device.type}: {str(error)[:80]}") from None
-    return resolved
+from .util.model_config import FALLBACK_CONTEXT, context_length  # noqa: F401 - re-exported
 
 
 def is_demo(model: str) -> bool:
@@ -140,30 +104,62 @@ class LoadedModel:
     source: str
     device: torch.device
     dtype: torch.dtype
+    dtype_reason: str = ""  # why this dtype (device.choose_dtype), for run.json
 
     @property
     def context_length(self) -> int:
-        config = self.model.config
-        for key in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
-            value = getattr(config, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return 2048
+        return context_length(self.model.config, FALLBACK_CONTEXT)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+def _placement(dtype: torch.dtype, device: torch.device) -> dict:
+    """`from_pretrained` keywords that put the weights where they will run.
+
+    On CUDA every tensor is read from the checkpoint straight onto the GPU (`device_map`, with
+    `low_cpu_mem_usage` for transformers 4; 5 always loads that way): a 7B float16 model never needs a
+    full copy in host RAM. accelerate adds no hooks for a single device. CPU (and MPS) load as before."""
+    if device.type == "cuda":
+        return {"dtype": dtype, "device_map": {"": cuda_index(device)}, "low_cpu_mem_usage": True}
+    return {"dtype": dtype}
+
+
+def _unreadable(model: str, path: str, local: bool, error: OSError) -> PrunescopeError:
+    """The one line for a model that cannot be read: a local folder's own error, or the hub's."""
+    if local:
+        return PrunescopeError(f"cannot load model from {path!r}: {first_line(error)}")
+    return PrunescopeError(
+        f"cannot load {model!r} from the Hugging Face hub (unknown id, or hub unreachable/offline); "
+        "pass a local model directory or use --model demo"
+    )
+
+
+def _config(path: str, model: str, local: bool):
+    """The checkpoint's config (for the dtype it names); load errors become one PrunescopeError."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as error:
+        raise _unreadable(model, path, local, error) from None
+    except ValueError as error:
+        raise PrunescopeError(f"cannot read the config of {model!r}: {first_line(error)}") from None
 
 
 def load_model(model: str = "demo", dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """Load through `from_pretrained` whatever `model` names; errors become one clear PrunescopeError."""
+    """Load through `from_pretrained` whatever `model` names; errors become one clear PrunescopeError.
+
+    `device` and `dtype` as device.resolve_device / choose_dtype decide (`auto`: CUDA, then MPS, then CPU;
+    the checkpoint's dtype where that device runs it natively); on CUDA the weights load straight onto
+    the GPU. `LoadedModel.dtype_reason` says why the dtype."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(model)
     resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
     path, local = source.folder, source.kind != "hub"
+    if dtype == "auto" and resolved_device.type != "cpu":
+        # `auto` off the CPU follows the checkpoint's dtype (device.choose_dtype): read its config first.
+        resolved_dtype, dtype_reason = choose_dtype(dtype, resolved_device, _config(path, model, local))
+    else:
+        resolved_dtype, dtype_reason = choose_dtype(dtype, resolved_device)
     if local:
         check_weights(path)
         try:
@@ -171,29 +167,25 @@ def load_model(model: str = "demo", dtype: str = "auto", device: str = "auto") -
         except Exception as error:
             # A missing or damaged tokenizer file surfaces as whatever its parser raises.
             raise PrunescopeError(
-                f"cannot load the tokenizer from {path!r}: {type(error).__name__}: {_first_line(error)}"
+                f"cannot load the tokenizer from {path!r}: {type(error).__name__}: {first_line(error)}"
             ) from None
     try:
         if not local:
             tokenizer = AutoTokenizer.from_pretrained(path)
-        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=resolved_dtype)
+        loaded = AutoModelForCausalLM.from_pretrained(path, **_placement(resolved_dtype, resolved_device))
     except OSError as error:
-        if local:
-            raise PrunescopeError(f"cannot load model from {path!r}: {_first_line(error)}") from None
-        raise PrunescopeError(
-            f"cannot load {model!r} from the Hugging Face hub (unknown id, or hub unreachable/offline); "
-            "pass a local model directory or use --model demo"
-        ) from None
+        raise _unreadable(model, path, local, error) from None
     except ValueError as error:
-        raise PrunescopeError(f"{model!r} is not a causal language model: {_first_line(error)}") from None
+        raise PrunescopeError(f"{model!r} is not a causal language model: {first_line(error)}") from None
     except Exception as error:
         # A damaged file on disk (tokenizer.json, weights) surfaces as whatever its parser raises.
         if not local:
             raise
         raise PrunescopeError(
-            f"cannot load model from {path!r}: {type(error).__name__}: {_first_line(error)}"
+            f"cannot load model from {path!r}: {type(error).__name__}: {first_line(error)}"
         ) from None
-    loaded.to(resolved_device)
+    if resolved_device.type != "cuda":
+        loaded.to(resolved_device)  # CUDA: already there (loaded with a device_map)
     own_storage(loaded)  # weights we prune and swap must be ours to write and free, not the file's
     loaded.eval()
     loaded.requires_grad_(False)
@@ -207,4 +199,5 @@ def load_model(model: str = "demo", dtype: str = "auto", device: str = "auto") -
         source.kind,
         resolved_device,
         resolved_dtype,
+        dtype_reason,
     )

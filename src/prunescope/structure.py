@@ -5,9 +5,18 @@ Conventions (docs/metrics.md): a tied parameter is counted once, on its first ow
 kernel and 2·nnz with a sparse one (a format may declare otherwise); norms and other small modules are not
 counted in FLOPs; attention-score FLOPs (QKᵀ and AV) depend on the context and are reported on their own.
 Global figures are sums of the layer table, so they always add up.
+
+Bytes are at real storage: `weight_bytes` is the weight's own storage (values and, for a sparse format, its
+index); `bits_per_weight` = 8·weight_bytes / weights (32 or 16 for a dense fp32/fp16 weight). A layer whose
+values are quantized (`layer_table(model, quantized={name: QuantOptions})`, issue 25) is counted as its
+format would store it with packed 8/4-bit values, scales and zeros (`quantized_storage_bytes`): format
+"dense" for a dense module (codes per row), the module's own format for a sparse one.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 import pandas as pd
 import torch
@@ -15,6 +24,7 @@ from torch import nn
 
 from .formats.base import SparseLinear
 from .layers import GROUPS, linear_shape, parameter_modules
+from .quantization import QuantOptions, quantized_storage_bytes
 
 LAYER_COLUMNS = [
     "module",
@@ -29,6 +39,9 @@ LAYER_COLUMNS = [
     "weights",
     "weight_nonzero",
     "stored_bytes",
+    "weight_bytes",
+    "bits_per_weight",
+    "quantization",
     "flops_per_token",
     "nonzero_flops_per_token",
     "tied_to",
@@ -39,19 +52,39 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def layer_table(model: nn.Module) -> pd.DataFrame:
-    """One row per module that owns parameters (or a sparse weight), in model order."""
+def layer_table(model: nn.Module, quantized: Mapping[str, QuantOptions] | None = None) -> pd.DataFrame:
+    """One row per module that owns parameters (or a sparse weight), in model order.
+
+    `quantized`: module name -> the quantizer its (dequantized, in place) values stand for; those layers'
+    bytes are counted at the quantized storage of their format.
+    """
     owners: dict[int, str] = {}
     rows = []
+    quantized = quantized or {}
     for info in parameter_modules(model):
         module = info.module
-        row = {"module": info.name, "group": info.group, "type": type(module).__name__, "tied_to": ""}
+        quant = quantized.get(info.name)
+        row = {
+            "module": info.name,
+            "group": info.group,
+            "type": type(module).__name__,
+            "tied_to": "",
+            "quantization": quant.label if quant is not None else "",
+        }
         if isinstance(module, SparseLinear):
             out_features, in_features = module.out_features, module.in_features
             bias = module.bias
             weights, weight_nonzero = out_features * in_features, module.nnz
             bias_nz = int(torch.count_nonzero(bias)) if bias is not None else 0
             bias_n = bias.numel() if bias is not None else 0
+            weight_bytes = sum(module.weight_bytes().values())
+            stored = module.stored_bytes()
+            if quant is not None:
+                parts = quantized_storage_bytes(
+                    (out_features, in_features), weight_nonzero, module.format_name, quant, module.dtype
+                )
+                stored += sum(parts.values()) - weight_bytes
+                weight_bytes = sum(parts.values())
             row.update(
                 shape=f"{out_features}x{in_features}",
                 dtype=str(module.dtype).removeprefix("torch."),
@@ -60,7 +93,8 @@ def layer_table(model: nn.Module) -> pd.DataFrame:
                 nonzero=weight_nonzero + bias_nz,
                 weights=weights,
                 weight_nonzero=weight_nonzero,
-                stored_bytes=module.stored_bytes(),
+                stored_bytes=stored,
+                weight_bytes=weight_bytes,
                 flops_per_token=module.flops_per_token(),
                 nonzero_flops_per_token=2 * weight_nonzero,
             )
@@ -85,6 +119,13 @@ def layer_table(model: nn.Module) -> pd.DataFrame:
                 shape = f"{out_features}x{in_features}"
             else:
                 shape = "x".join(str(d) for d in weight.shape) if has_weight else ""
+            weight_bytes = _nbytes(weight) if own_weight else 0
+            if quant is not None and own_weight and is_projection:
+                parts = quantized_storage_bytes(
+                    (out_features, in_features), weight_nz, "dense", quant, weight.dtype
+                )
+                nbytes += sum(parts.values()) - weight_bytes
+                weight_bytes = sum(parts.values())
             row.update(
                 shape=shape,
                 dtype=str(weight.dtype).removeprefix("torch.") if has_weight else "",
@@ -94,11 +135,13 @@ def layer_table(model: nn.Module) -> pd.DataFrame:
                 weights=weight.numel() if own_weight else 0,
                 weight_nonzero=weight_nz if own_weight else 0,
                 stored_bytes=nbytes,
+                weight_bytes=weight_bytes,
                 # A dense projection multiplies every weight, tied or not (the lm_head does real work).
                 flops_per_token=2 * out_features * in_features if is_projection else 0,
                 nonzero_flops_per_token=2 * weight_nz if is_projection else 0,
             )
         row["sparsity"] = 1.0 - row["nonzero"] / row["params"] if row["params"] else 0.0
+        row["bits_per_weight"] = 8 * row["weight_bytes"] / row["weights"] if row["weights"] else math.nan
         rows.append(row)
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
@@ -111,6 +154,7 @@ def group_table(layers: pd.DataFrame) -> pd.DataFrame:
         "weights",
         "weight_nonzero",
         "stored_bytes",
+        "weight_bytes",
         "flops_per_token",
         "nonzero_flops_per_token",
     ]
@@ -120,6 +164,9 @@ def group_table(layers: pd.DataFrame) -> pd.DataFrame:
     total = max(int(layers["params"].sum()), 1)
     grouped["sparsity"] = [
         1.0 - nz / p if p else 0.0 for nz, p in zip(grouped["nonzero"], grouped["params"], strict=True)
+    ]
+    grouped["bits_per_weight"] = [
+        8 * b / w if w else math.nan for b, w in zip(grouped["weight_bytes"], grouped["weights"], strict=True)
     ]
     grouped["param_share"] = grouped["params"] / total
     grouped["flops_share"] = grouped["flops_per_token"] / max(int(layers["flops_per_token"].sum()), 1)
@@ -142,6 +189,9 @@ def global_summary(layers: pd.DataFrame, pruned: list[str] | None = None) -> dic
     params = int(layers["params"].sum())
     nonzero = int(layers["nonzero"].sum())
     pruned_weights = int(pruned_rows["weights"].sum())
+    weights = int(layers["weights"].sum())
+    weight_bytes = int(layers["weight_bytes"].sum())
+    labels = sorted({q for q in layers.get("quantization", pd.Series(dtype=str)) if q})
     return {
         "params": params,
         "nonzero": nonzero,
@@ -152,6 +202,12 @@ def global_summary(layers: pd.DataFrame, pruned: list[str] | None = None) -> dic
             1.0 - int(pruned_rows["weight_nonzero"].sum()) / pruned_weights if pruned_weights else 0.0
         ),
         "stored_bytes": int(layers["stored_bytes"].sum()),
+        "weight_bytes": weight_bytes,
+        "bits_per_weight": 8 * weight_bytes / weights if weights else math.nan,
+        "pruned_layer_bits_per_weight": (
+            8 * int(pruned_rows["weight_bytes"].sum()) / pruned_weights if pruned_weights else math.nan
+        ),
+        "quantization": ",".join(labels) or "none",
         "flops_per_token": int(layers["flops_per_token"].sum()),
         "nonzero_flops_per_token": int(layers["nonzero_flops_per_token"].sum()),
     }

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from .inspect_table import Inspection, inspect_checkpoint
 from .model_map import map_tensors, meta_model
-from .prune_stream import FORMATS, StreamPruneResult, prune_checkpoint
+from .prune_stream import CHECKPOINT_OUTPUTS, StreamPruneResult, prune_checkpoint
 from .safetensors_io import Checkpoint, ShardWriter, parse_size, read_header
 from .sparse import MANIFEST, load_sparse, read_manifest
 
 __all__ = [
-    "FORMATS",
+    "CHECKPOINT_OUTPUTS",
     "MANIFEST",
     "Checkpoint",
     "Inspection",

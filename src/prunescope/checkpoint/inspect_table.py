@@ -3,7 +3,9 @@
 Rows and columns are those of `structure.layer_table` (same conventions: a tied weight counted once on its
 first owner, embedding lookups 0 FLOPs, a dense projection 2·in·out FLOPs per token), so `group_table` and
 `global_summary` apply unchanged. Shapes, dtypes and bytes come from the header; with `count_zeros`, each
-tensor is read once, on its own, to count its non-zeros.
+tensor is read once, on its own, to count its non-zeros. A `prune --quantize` checkpoint holds dequantized
+values (their disk bytes in `stored_bytes`); its header names the quantizer, so `weight_bytes` and
+`bits_per_weight` of those layers give the packed storage (codes, scales, zeros) the values need.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 import torch
 
 from ..layers import DEFAULT_PRUNABLE_GROUPS, linear_shape, parameter_modules
+from ..quantization import QuantOptions, quantized_storage_bytes
 from ..structure import LAYER_COLUMNS, attention_score_flops, global_summary, group_table
 from .model_map import map_tensors, meta_model
 from .safetensors_io import Checkpoint
@@ -54,6 +57,20 @@ def _nonzero_counter(checkpoint: Checkpoint, enabled: bool) -> Callable[[str], i
         return cache[tensor_name]
 
     return count
+
+
+def _quantization(metadata: dict[str, str]):
+    """(QuantOptions, quantized module names) from a `prune --quantize` header, else None."""
+    import json
+
+    from .prune_stream import QUANT_METADATA
+
+    text = metadata.get(QUANT_METADATA)
+    if not text:
+        return None
+    info = json.loads(text)
+    options = QuantOptions(info["quantizer"], info.get("group_size"), info.get("method", "rtn"))
+    return options, set(info["layers"])
 
 
 def inspect_checkpoint(
@@ -113,6 +130,7 @@ def inspect_checkpoint(
             weights=weights,
             weight_nonzero=weight_nonzero,
             stored_bytes=nbytes,
+            weight_bytes=weight_entry.nbytes if weights else 0,
             flops_per_token=2 * out_features * in_features if is_projection else 0,
             nonzero_flops_per_token=2 * all_nonzero if is_projection else 0,
         )
@@ -136,14 +154,30 @@ def inspect_checkpoint(
                 "weights": 0,
                 "weight_nonzero": 0,
                 "stored_bytes": entry.nbytes,
+                "weight_bytes": 0,
                 "flops_per_token": 0,
                 "nonzero_flops_per_token": 0,
                 "sparsity": 1.0 - nz / entry.numel if entry.numel else 0.0,
                 "tied_to": "",
             }
         )
+    quantization = _quantization(checkpoint.metadata)
     checkpoint.close()
+    if quantization is not None:  # `prune --quantize`: weight bytes at the packed storage the values need
+        options, quantized = quantization
+        for row in rows:
+            if row["module"] in quantized and row["weights"]:
+                out_features, in_features = (int(d) for d in row["shape"].split("x"))
+                nnz = row["weight_nonzero"] if count_zeros else row["weights"]
+                dtype = getattr(torch, row["dtype"])
+                parts = quantized_storage_bytes((out_features, in_features), nnz, "dense", options, dtype)
+                row["weight_bytes"], row["quantization"] = sum(parts.values()), options.label
     layers = pd.DataFrame(rows, columns=LAYER_COLUMNS)
+    layers["quantization"] = layers["quantization"].astype(object).fillna("")
+    layers["bits_per_weight"] = [
+        8 * b / w if w else float("nan")
+        for b, w in zip(layers["weight_bytes"], layers["weights"], strict=True)
+    ]
     # The default prunable projections, so an audit (--zeros) reports their sparsity on its own.
     prunable = layers[layers["group"].isin(DEFAULT_PRUNABLE_GROUPS) & (layers["tied_to"] == "")]
     summary = global_summary(layers, list(prunable["module"]))

@@ -2,7 +2,7 @@
 
 The module tree lives on the meta device. Only the modules in front of the decoder blocks (embeddings) are
 loaded to capture block 0's inputs; then each block's weights are read from the checkpoint, its
-projections pruned by the same engine as the in-memory path (`pruning.calibrated`: statistics from the
+projections pruned by the same driver as the in-memory path (`pruning.driver`: statistics from the
 calibration activations, then the per-layer prune), its tensors written out, its outputs computed for the
 next block, and its weights dropped back to meta. Peak memory: one block (in float32), its largest layer's
 scoring temporaries and one block's calibration activations; the embeddings only while block 0's inputs
@@ -17,27 +17,32 @@ import torch
 from accelerate.utils import set_module_tensor_to_device
 from torch import nn
 
-from ..errors import PrunescopeError
 from ..layers import linear_weight
-from ..pruning.calibrated import (
-    block_sparsities,
-    block_spec,
-    capture_block_inputs,
-    dense_outlier_ratios,
-    find_blocks,
-    layers_by_block,
-    prune_block,
-    record_realised,
-)
-from ..pruning.spec import CALIBRATED, PruneSpec
+from ..pruning.capture import find_blocks
+from ..pruning.driver import BlockStorage, prune_block_by_block
+from ..pruning.record import LayerChange
+from ..pruning.spec import PruneSpec
 from ..util.heap import trim_heap
-from ..util.progress import track
 from .safetensors_io import Checkpoint
 
 
-def _load(model: nn.Module, checkpoint: Checkpoint, param: str, tensor: str) -> None:
-    # Calibration runs in float32 whatever the stored dtype, as `prunescope study` does on CPU.
-    set_module_tensor_to_device(model, param, "cpu", value=checkpoint.read(tensor).float())
+def _load(model: nn.Module, checkpoint: Checkpoint, param: str, tensor: str, device: torch.device) -> None:
+    # Calibration runs in float32 whatever the stored dtype, as SparseGPT's Hessian needs; on a GPU too.
+    set_module_tensor_to_device(model, param, device, value=checkpoint.read(tensor).float())
+
+
+def _front_parameters(model: nn.Module, blocks_prefix: str, to_tensor: dict[str, str]) -> list[str]:
+    """The parameters that run before block 0 (embeddings): all outside the blocks except the lm_head,
+    which never runs here (unless tied to the embeddings: then that one is needed)."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skip = {id(p) for p in output.parameters()} if output is not None else set()
+    if hasattr(model, "get_input_embeddings"):
+        skip -= {id(p) for p in model.get_input_embeddings().parameters()}
+    return [
+        name
+        for name, param in model.named_parameters()
+        if not name.startswith(blocks_prefix) and id(param) not in skip and name in to_tensor
+    ]
 
 
 @torch.no_grad()
@@ -51,74 +56,42 @@ def prune_blocks(
     write_block: Callable[[int, dict[str, torch.Tensor]], None],
     progress: bool = True,
     report: dict | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, int]:
     """Prune block by block; `write_block(i, {tensor: pruned (out, in) weight})` runs after block i.
 
     `to_tensor`: parameter name -> checkpoint tensor (tied aliases excluded). Returns pruned counts.
-    With OWL allocation the blocks are read twice: a dense pass for the outlier ratios, then the pruning
-    pass. `report` receives the allocation and DSnoT summaries, as in `pruning.prune`.
+    With an allocation (OWL) the blocks are read twice: a dense pass for it, then the pruning pass.
+    `report` receives the allocation and refinement summaries, as in `pruning.prune`.
     """
-    if (
-        spec.method not in CALIBRATED
-        and spec.effective_scope == "global"
-        and not spec.pattern.structured
-        and spec.allocation == "uniform"
-    ):
-        raise PrunescopeError(
-            f"{spec.method} with the global scope and --refine from disk is not supported: the global "
-            "selection needs every layer before the block pass. Use --scope layer or row"
-        )
+    device = torch.device(device)
     blocks_name, blocks = find_blocks(model, layers)
     prefix = f"{blocks_name}."
-    per_block = layers_by_block(layers, blocks_name, len(blocks))
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    skip = {id(p) for p in output.parameters()} if output is not None else set()
-    if hasattr(model, "get_input_embeddings"):  # a tied lm_head is the embedding: that one is needed
-        skip -= {id(p) for p in model.get_input_embeddings().parameters()}
-    front = [
-        name
-        for name, param in model.named_parameters()
-        # Only what runs before block 0 is needed to capture its inputs; the lm_head never runs here.
-        if not name.startswith(prefix) and id(param) not in skip and name in to_tensor
-    ]
-    for name in front:
-        _load(model, checkpoint, name, to_tensor[name])
-    inputs = capture_block_inputs(model, blocks[0], calibration)
-    for name in front:  # the embeddings are not needed any more: only blocks run from here on
-        set_module_tensor_to_device(model, name, "meta")
-    trim_heap()
-    pruned: dict[str, int] = {}
+    front = _front_parameters(model, prefix, to_tensor)
+
+    def load_front() -> None:
+        for name in front:
+            _load(model, checkpoint, name, to_tensor[name], device)
+
+    def release_front() -> None:  # the embeddings are not needed any more: only blocks run from here on
+        for name in front:
+            set_module_tensor_to_device(model, name, "meta")
+        trim_heap()
 
     def load_block(index: int) -> None:
         block_prefix = f"{prefix}{index}."
         for name, _ in blocks[index].named_parameters():
-            _load(model, checkpoint, block_prefix + name, to_tensor[block_prefix + name])
+            _load(model, checkpoint, block_prefix + name, to_tensor[block_prefix + name], device)
 
-    def release_block(index: int) -> None:
+    def release_block(index: int) -> None:  # drop this block's weights: the next one takes their place
         blocks[index].to("meta")
         trim_heap()
 
-    sparsities = None
-    if spec.allocation == "owl":
-        ratios = dense_outlier_ratios(
-            blocks, per_block, inputs, spec.owl_m, load_block, release_block, progress=progress
-        )
-        sparsities = block_sparsities(blocks_name, ratios, spec, report)
-    index_of = {name: i for i, name in enumerate(layers)}
-    last = max(i for i, block_layers in enumerate(per_block) if block_layers)
-    for index in track(range(last + 1), f"{spec.method} blocks", enabled=progress):
-        block, block_layers = blocks[index], per_block[index]
-        load_block(index)
-        if block_layers:
-            this_spec = block_spec(spec, sparsities, index)
-            for name, change in prune_block(block, block_layers, inputs, this_spec, index_of, None, report):
-                pruned[name] = int(change.mask.sum())
-                del change
-                trim_heap()
-            write_block(index, {name: linear_weight(module) for name, module in block_layers.items()})
-        if index < last:
-            for item in inputs:
-                item.hidden = item.call(block)
-        release_block(index)  # drop this block's weights: the next one takes their place
-    record_realised(report, pruned, {name: linear_weight(m).numel() for name, m in layers.items()})
-    return pruned
+    def write(index: int, block_layers: dict[str, nn.Module]) -> None:
+        write_block(index, {name: linear_weight(module) for name, module in block_layers.items()})
+
+    def drop(name: str, change: LayerChange) -> None:
+        trim_heap()  # the weights are written with the block; the undo record is not kept
+
+    storage = BlockStorage(load_front, release_front, load_block, release_block, write)
+    return prune_block_by_block(model, layers, spec, calibration, drop, storage, progress, report)

@@ -6,12 +6,19 @@ scores and its mask are materialised at a time. Global and per-layer thresholds 
 streaming radix select as the in-memory path (`pruning.selection`), whose `scores(j)` callable here reads
 row block j from disk on every pass; masks are then produced in order while the output is written.
 Masks and kept weights are exactly those `pruning.prune` gives on the loaded model (tested).
-Wanda and SparseGPT go decoder block by decoder block instead (`prune_calibrated`).
+Calibrated methods, allocations and refinements go decoder block by decoder block instead
+(`prune_calibrated`, through the same driver as the in-memory path).
 Tensors that are not pruned are copied byte for byte, in chunks.
+
+`quantize` (issue 25, RTN only): each pruned weight is quantized after masking (int8: per row; int4: per row
+and group of input columns, so a row block quantizes as the whole layer) and its *dequantized* values are
+written, so any loader reads them; every shard's `__metadata__` names the quantizer and the layers
+(`QUANT_METADATA`), from which `inspect` counts the packed storage the values need.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +29,7 @@ import torch
 from ..errors import PrunescopeError
 from ..layers import prunable_layers
 from ..pruning import PruneSpec, check_pattern_fits
-from ..pruning.magnitude import magnitude_scores, mask_from_scores, random_scores
+from ..pruning.scoring import mask_from_scores
 from ..pruning.selection import global_smallest_masks
 from ..util.heap import trim_heap
 from ..util.progress import track
@@ -30,7 +37,8 @@ from .model_map import is_conv1d, map_tensors, meta_model
 from .safetensors_io import Checkpoint, copy_side_files, plan_shards
 from .sparse import SparseOutput
 
-FORMATS = ("hf", "sparse", "both")
+CHECKPOINT_OUTPUTS = ("hf", "sparse", "both")
+QUANT_METADATA = "prunescope_quantization"  # shard __metadata__ key: JSON of the quantizer and its layers
 DEFAULT_SHARD_BYTES = 2 * 10**9
 # Rows are read and scored in blocks of about this many weights: the selection's scratch (float32 scores,
 # int64 keys and their temporaries, ~40 bytes per weight) stays near 40 MB whatever the layer size.
@@ -78,8 +86,10 @@ def _processing_order(model, mapping, checkpoint: Checkpoint) -> list[str]:
 
 
 def output_folders(out: Path, fmt: str) -> dict[str, Path]:
-    if fmt not in FORMATS:
-        raise PrunescopeError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in CHECKPOINT_OUTPUTS:
+        raise PrunescopeError(
+            f"unknown checkpoint format {fmt!r}; choose one of {', '.join(CHECKPOINT_OUTPUTS)}"
+        )
     if fmt == "both":
         return {"hf": out / "hf", "sparse": out / "sparse"}
     return {fmt: out}
@@ -150,12 +160,18 @@ def prune_checkpoint(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = True,
     calibration: list[torch.Tensor] | None = None,
+    quantize=None,
+    device: str | torch.device = "cpu",
 ) -> StreamPruneResult:
     """Write the pruned checkpoint of `source` into `out` (an empty folder) in format hf, sparse or both.
 
     `calibration`: token-id tensors (1, seqlen) for wanda / sparsegpt / ria, OWL or DSnoT
-    (see `pruning.calibration`).
+    (see `pruning.calibration`). `quantize`: a `QuantOptions` (RTN) applied to each pruned weight.
+    `device`: where a calibrated method's blocks run (one block at a time there; host RAM stays bounded
+    by a block as on the CPU); magnitude and random stream row blocks on the CPU.
     """
+    if quantize is not None and quantize.method != "rtn":
+        raise PrunescopeError("prune --quantize writes RTN values only (--quant-method rtn)")
     if spec.needs_calibration and not calibration:
         raise PrunescopeError(f"{spec.method} needs calibration data; none was given")
     start = time.perf_counter()
@@ -173,6 +189,22 @@ def prune_checkpoint(
             raise PrunescopeError(f"checkpoint has no weight for {name}")
         tensors.append(tensor)
     conv1d = [is_conv1d(layers[n]) for n in names]
+    metadata = None
+    if quantize is not None:
+        for name, tensor, c in zip(names, tensors, conv1d, strict=True):
+            in_features = _out_in(checkpoint, tensor, c)[1]
+            if quantize.quantizer.grouped and quantize.group_size and in_features % quantize.group_size:
+                raise PrunescopeError(
+                    f"--group-size {quantize.group_size} does not divide in_features {in_features} of {name}"
+                )
+        describe = {
+            "quantizer": quantize.name,
+            "group_size": quantize.group_size,
+            "method": quantize.method,
+            "values": "dequantized",
+            "layers": names,
+        }
+        metadata = {QUANT_METADATA: json.dumps(describe, separators=(",", ":"))}
     index_of = {t: i for i, t in enumerate(tensors)}
     pieces = _pieces(checkpoint, tensors, conv1d)
     pieces_of: dict[int, list[int]] = {}
@@ -180,7 +212,7 @@ def prune_checkpoint(
         pieces_of.setdefault(piece.layer, []).append(j)
 
     last: dict[int, torch.Tensor] = {}
-    random_layer: dict[int, torch.Tensor] = {}
+    whole_layer: dict[int, torch.Tensor] = {}
 
     def rows(j: int) -> torch.Tensor:
         # One piece cached: the mask pass and the write that follows it read the same rows once.
@@ -193,18 +225,20 @@ def prune_checkpoint(
                 last[j] = checkpoint.read_rows(tensors[piece.layer], piece.start, piece.stop)
         return last[j]
 
+    method = spec.method_plugin
+
     def scores(j: int) -> torch.Tensor:
         piece = pieces[j]
-        if spec.method == "random":
-            # Random scores depend on (seed, layer index, layer shape) only, as in `pruning.prune`; the
-            # layer's scores are drawn whole (same generator stream) and kept while its pieces are served.
-            if piece.layer not in random_layer:
-                random_layer.clear()
+        if method.weight_free:
+            # Such scores (random) depend on (seed, layer index, layer shape) only, as in `pruning.prune`;
+            # the layer's are drawn whole (same generator stream) and kept while its pieces are served.
+            if piece.layer not in whole_layer:
+                whole_layer.clear()
                 shape = torch.Size(_out_in(checkpoint, tensors[piece.layer], conv1d[piece.layer]))
                 stub = SimpleNamespace(shape=shape, device=torch.device("cpu"))
-                random_layer[piece.layer] = random_scores(stub, spec.seed, piece.layer)
-            return random_layer[piece.layer][piece.start : piece.stop]
-        return magnitude_scores(rows(j))
+                whole_layer[piece.layer] = method.score(stub, spec, piece.layer)
+            return whole_layer[piece.layer][piece.start : piece.stop]
+        return method.score(rows(j), spec, piece.layer)  # elementwise: a row block scores as in the layer
 
     mask_of = _mask_function(spec, checkpoint, tensors, pieces, pieces_of, scores)
 
@@ -222,10 +256,13 @@ def prune_checkpoint(
             kind,
             {tensors[i]: names[i] for i in range(len(names))},
             conv1d={tensors[i]: conv1d[i] for i in range(len(names))},
+            metadata=metadata,
         )
     result = StreamPruneResult(spec, checkpoint_bytes=checkpoint.nbytes)
     if spec.needs_calibration:
-        _write_calibrated(checkpoint, model, mapping, layers, spec, calibration, writers, result, progress)
+        _write_calibrated(
+            checkpoint, model, mapping, layers, spec, calibration, writers, result, progress, quantize, device
+        )
     else:
         for tensor in track(order, f"pruning ({spec.method})", enabled=progress):
             i = index_of.get(tensor)
@@ -242,6 +279,8 @@ def prune_checkpoint(
                 w = rows(j)
                 w.masked_fill_(mask, 0)
                 pruned += int(mask.sum())
+                if quantize is not None:
+                    w = _quantized(w, quantize)
                 for writer in writers.values():
                     writer.add_rows(w)
                 last.clear()
@@ -263,10 +302,28 @@ def prune_checkpoint(
     return result
 
 
+def _quantized(weight: torch.Tensor, options) -> torch.Tensor:
+    """RTN of (out, in) rows (whole rows: per-row scales, groups along the columns), dequantized at the
+    weight's dtype; a pruned zero stays zero."""
+    from ..quantization import rtn_quantize
+
+    return rtn_quantize(weight, options).dequantize(weight.dtype)
+
+
 def _write_calibrated(
-    checkpoint, model, mapping, layers, spec, calibration, writers, result, progress
+    checkpoint,
+    model,
+    mapping,
+    layers,
+    spec,
+    calibration,
+    writers,
+    result,
+    progress,
+    quantize=None,
+    device="cpu",
 ) -> None:
-    """Wanda / SparseGPT block by block (`prune_calibrated.prune_blocks`); every other tensor is copied."""
+    """Block by block (`prune_calibrated.prune_blocks`); every tensor that is not pruned is copied."""
     from .prune_calibrated import prune_blocks
 
     to_tensor = {p: t for p, t in mapping.to_checkpoint.items() if p not in mapping.tied}
@@ -276,14 +333,17 @@ def _write_calibrated(
         for name, weight in weights.items():
             tensor = to_tensor[f"{name}.weight"]
             entry = checkpoint.entries[tensor]
+            weight = weight.to("cpu", entry.torch_dtype)
+            if quantize is not None:
+                weight = _quantized(weight, quantize)
             for writer in writers.values():
                 writer.begin_pruned(tensor, entry.torch_dtype, entry.shape)
-                writer.add_rows(weight.to(entry.torch_dtype))
+                writer.add_rows(weight)
                 writer.end_pruned()
             result.layers[name] = {"tensor": tensor, "weights": entry.numel, "pruned": 0}
 
     counts = prune_blocks(
-        model, checkpoint, to_tensor, layers, spec, calibration, write_block, progress, result.details
+        model, checkpoint, to_tensor, layers, spec, calibration, write_block, progress, result.details, device
     )
     for name, count in counts.items():
         result.layers[name]["pruned"] = count

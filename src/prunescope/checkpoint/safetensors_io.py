@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PrunescopeError
+from ..util.units import parse_size  # re-exported: one unit rule for every size the CLI reads
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -351,32 +352,6 @@ def iter_files(folder: Path, suffix: str = ".safetensors") -> Iterator[Path]:
 
 def folder_bytes(folder: Path, suffix: str = ".safetensors") -> int:
     return sum(p.stat().st_size for p in iter_files(folder, suffix))
-
-
-def parse_size(text: str) -> int:
-    """'200MB', '2GiB', '1e9' -> bytes (decimal units for KB/MB/GB, binary for KiB/MiB/GiB)."""
-    units = {
-        "": 1,
-        "B": 1,
-        "KB": 10**3,
-        "MB": 10**6,
-        "GB": 10**9,
-        "TB": 10**12,
-        "KIB": 2**10,
-        "MIB": 2**20,
-        "GIB": 2**30,
-        "TIB": 2**40,
-    }
-    cleaned = text.strip().upper().replace(" ", "")
-    number = cleaned.rstrip("KMGTIB")
-    unit = cleaned[len(number) :]
-    try:
-        value = float(number)
-    except ValueError:
-        raise PrunescopeError(f"cannot read size {text!r}; use e.g. 200MB or 2GiB") from None
-    if unit not in units or value <= 0:
-        raise PrunescopeError(f"cannot read size {text!r}; use e.g. 200MB or 2GiB")
-    return int(value * units[unit])
 
 
 __all__ = [

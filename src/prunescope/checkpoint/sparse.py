@@ -33,9 +33,17 @@ class SparseOutput:
     """Writes one output checkpoint (`kind` hf or sparse) following a shard plan, one tensor at a time."""
 
     def __init__(
-        self, folder: Path, plan: ShardPlan, kind: str, pruned: dict[str, str], conv1d: dict[str, bool]
+        self,
+        folder: Path,
+        plan: ShardPlan,
+        kind: str,
+        pruned: dict[str, str],
+        conv1d: dict[str, bool],
+        metadata: dict[str, str] | None = None,
     ) -> None:
+        """`metadata`: extra `__metadata__` entries of every shard (e.g. the quantization of its values)."""
         self.folder, self.plan, self.kind = folder, plan, kind
+        self.metadata = metadata or {}
         self.pruned, self.conv1d = pruned, conv1d  # pruned: weight tensor -> module name
         stem = "model" if kind == "hf" else "sparse"
         self.files = {f: f.replace("model", stem, 1) for f in plan.files}
@@ -55,7 +63,7 @@ class SparseOutput:
         source_file = self.plan.assignment[tensor]
         if source_file not in self._writers:
             names = [n for t in self.plan.names_in(source_file) for n in self._stored_names(t)]
-            metadata = {"format": "pt"}
+            metadata = {"format": "pt", **self.metadata}
             self._writers[source_file] = ShardWriter(
                 self.folder / self.files[source_file], header_bound(names, metadata), metadata
             )
@@ -150,10 +158,10 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 def _dense_weight(values: torch.Tensor, mask: torch.Tensor, shape: list[int]) -> torch.Tensor:
-    from ..formats.bitmask import unpack_mask
+    from ..formats.bitmask import unpack_bitmask
 
     dense = torch.zeros(shape, dtype=values.dtype)
-    dense[unpack_mask(mask, shape[1])] = values
+    dense[unpack_bitmask(mask, shape[1])] = values
     return dense
 
 

@@ -112,7 +112,7 @@ _MODEL_TABLE = [
 
 
 def print_latency(result) -> None:
-    from ..latency.report import environment_line, frames
+    from ..report.latency import environment_line, frames
 
     layers, model = frames(result)
     if not layers.empty:
@@ -136,7 +136,11 @@ def bench(
     method: Annotated[str, typer.Option(help="magnitude, random, wanda or sparsegpt.")] = "magnitude",
     pattern: Annotated[str, typer.Option(help="unstructured or N:M, e.g. 2:4.")] = "unstructured",
     formats: Annotated[
-        str, typer.Option(help="Comma list: dense, masked, csr, bsr, bitmask, csr16, semi-structured.")
+        str,
+        typer.Option(
+            help="Comma list: dense, masked, csr, bsr, bitmask, csr16, auto, semi-structured (2:4, CUDA "
+            "compute capability >= 8.0)."
+        ),
     ] = "dense,masked,csr,bsr",
     tokens: Annotated[
         str, typer.Option(help="Layer-level token counts n (decode to prefill).")
@@ -168,10 +172,13 @@ def bench(
     progress: ProgressOpt = True,
 ) -> None:
     """Time the sparse forward of every pruned layer shape and of the whole model against dense."""
-    from ..latency import LatencyConfig, TimingPolicy, parse_formats, prune_copy, run_latency, write_latency
+    import copy
+
+    from ..latency import LatencyConfig, TimingPolicy, parse_formats, run_latency
     from ..layers import prunable_layers
     from ..models import load_model
-    from ..pruning import PruneSpec
+    from ..pruning import PruneSpec, prune
+    from ..report.latency import write_latency
     from ..report.output import atomic_directory, check_output
 
     if min_time <= 0:
@@ -212,7 +219,8 @@ def bench(
     # The steps of a long run are its progress: on stderr, and silenced by --no-progress like any bar.
     step = err_console.print if progress else (lambda *_, **__: None)
     step(f"pruning a copy: {spec.method} {spec.sparsity:g} ({spec.pattern}), {len(names)} layers")
-    pruned = prune_copy(loaded.model, names, spec, calibration)
+    pruned = copy.deepcopy(loaded.model)  # the dense model stays the baseline
+    prune(pruned, {n: pruned.get_submodule(n) for n in names}, spec, calibration, progress=False)
     info = {
         "title": f"{model} {spec.method} {spec.sparsity:g} ({spec.pattern})",
         "prune_spec": spec.describe(),

@@ -14,6 +14,9 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from ..errors import PrunescopeError
+from ..util.memory import is_out_of_memory, out_of_memory_message
+from ..util.units import size_text  # noqa: F401 - the commands' one size format
+from .options import option_annotation
 
 # Rich falls back to 80 columns when stdout is not a terminal (CI, files): too narrow for the tables.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -44,6 +47,13 @@ def user_errors(fn):
         except KeyboardInterrupt:
             err_console.print("interrupted; nothing was written")
             raise typer.Exit(130) from None
+        except (MemoryError, RuntimeError) as error:
+            # torch.cuda.OutOfMemoryError is a RuntimeError; MPS and the CPU allocator raise plain ones.
+            if not is_out_of_memory(error):
+                raise
+            message = out_of_memory_message(error)
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -80,24 +90,12 @@ class OneLineErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="'demo', a local model folder (save_pretrained) or a hub id.")
-]
-DtypeOpt = Annotated[
-    str, typer.Option("--dtype", help="auto (float32 on CPU, float16 elsewhere), float32, float16, bfloat16.")
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps.")]
-
-# Datasets and perplexity protocols (evaluation/datasets.py, evaluation/protocols.py), shared by commands.
-CORPUS_HELP = (
-    ".txt/.jsonl, wikitext2, c4, ptb, hf:NAME[:CONFIG][:SPLIT], .parquet, .arrow or a save_to_disk folder."
-)
-CALIBRATION_HELP = "Calibration source: 'builtin', or any --corpus source (aliases: their train split)."
-TEXT_COLUMN_HELP = "Text column of a dataset source (default 'text'; ptb: 'sentence')."
-PROTOCOL_HELP = "Perplexity protocol: document, joined (Wanda/SparseGPT) or rolling (lm-eval)."
-SEQLEN_HELP = "Window length (default: document min(256, context); joined/rolling context capped at 4096)."
-MAX_TOKENS_HELP = "Evaluation token budget (default: 4096 for document, the whole split otherwise)."
-SEEDS_HELP = "Comma list of seeds: repeat seed-dependent methods per seed, report mean and std."
+# Options a command declares itself but every command spells, explains and defaults alike: from the
+# option groups (experiments/config.py), like the generated ones.
+ModelOpt = option_annotation("model")
+DtypeOpt = option_annotation("dtype")
+DeviceOpt = option_annotation("device")
+SeedOpt = option_annotation("seed")
 
 ModelArg = Annotated[
     str,
@@ -118,26 +116,12 @@ OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing output folder.")
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice (pruning, sampling).")]
-# Zero-shot tasks through lm-evaluation-harness (evaluation/tasks.py), the same on study, sweep, evaluate.
-TasksOpt = Annotated[
-    str | None,
+ConfigOpt = Annotated[
+    Path | None,
     typer.Option(
-        "--tasks",
-        help="Comma list of lm-eval tasks scored on every variant, e.g. stdlib_identifier (bundled, offline) "
-        "or arc_easy,hellaswag (hub data). Needs lm-eval: the optional 'tasks' extra of prunescope.",
+        "--config",
+        help="A results folder's run.json: re-run that configuration exactly; flags given override it.",
     ),
-]
-TasksPathOpt = Annotated[
-    str | None,
-    typer.Option("--tasks-path", help="Folder of local lm-eval task YAMLs (lm-eval's include path)."),
-]
-TasksLimitOpt = Annotated[
-    int | None, typer.Option("--tasks-limit", help="At most this many documents per task (quick checks).")
-]
-NumFewshotOpt = Annotated[
-    int | None,
-    typer.Option("--num-fewshot", help="Few-shot examples per task (default: the task's own, else 0)."),
 ]
 
 
@@ -163,11 +147,3 @@ def at_least(value: float | None, minimum: float, option: str) -> None:
     """Numeric options are checked before any model is loaded; a bad one is one line."""
     if value is not None and value < minimum:
         raise PrunescopeError(f"{option} must be >= {minimum:g}, got {value:g}")
-
-
-def size_text(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
-        n /= 1000
-    return str(n)

@@ -8,21 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from . import options
 from .common import (
-    CORPUS_HELP,
-    MAX_TOKENS_HELP,
-    PROTOCOL_HELP,
-    SEQLEN_HELP,
-    TEXT_COLUMN_HELP,
-    DtypeOpt,
     ModelArg,
-    NumFewshotOpt,
     OptionalOutOpt,
     OverwriteOpt,
     ProgressOpt,
-    TasksLimitOpt,
-    TasksOpt,
-    TasksPathOpt,
     at_least,
     console,
     print_tasks,
@@ -30,6 +21,12 @@ from .common import (
 )
 
 
+def _evaluate_options() -> list:
+    # The evaluation set, tasks, dtype and device as in `study`; the model is the positional argument.
+    return options.study_options(groups=("evaluation", "lm_eval", "load"), skip=("model",), kinds=())
+
+
+@options.with_options(_evaluate_options)
 @user_errors
 def evaluate(
     model: ModelArg,
@@ -37,37 +34,41 @@ def evaluate(
         str | None, typer.Option(help="Checkpoint to compare against (top-1/top-5/KL).")
     ] = None,
     max_memory: Annotated[
-        str, typer.Option(help="Memory cap per device; the rest is offloaded to disk.")
-    ] = "2GB",
+        str | None,
+        typer.Option(
+            help="Memory cap per device (GPU, CPU), e.g. 2GB (10^9) or 2GiB; the rest is offloaded to disk. "
+            "Default: accelerate's own budget (free memory of each device)."
+        ),
+    ] = None,
     offload_folder: Annotated[
         Path | None, typer.Option(help="Offload folder (default: a temporary one).")
     ] = None,
-    corpus: Annotated[str | None, typer.Option(help=CORPUS_HELP)] = None,
-    text_column: Annotated[str | None, typer.Option(help=TEXT_COLUMN_HELP)] = None,
-    ppl_protocol: Annotated[str | None, typer.Option(help=PROTOCOL_HELP)] = None,
-    seqlen: Annotated[int | None, typer.Option(help=SEQLEN_HELP)] = None,
-    max_tokens: Annotated[int | None, typer.Option(help=MAX_TOKENS_HELP)] = None,
-    batch_size: Annotated[int, typer.Option()] = 8,
-    dtype: DtypeOpt = "auto",
     out: OptionalOutOpt = None,
     overwrite: OverwriteOpt = False,
-    tasks: TasksOpt = None,
-    tasks_path: TasksPathOpt = None,
-    tasks_limit: TasksLimitOpt = None,
-    num_fewshot: NumFewshotOpt = None,
     progress: ProgressOpt = True,
+    **values,
 ) -> None:
     """Perplexity (and behaviour vs --reference) of a model larger than memory, with accelerate offload.
 
     With --out: evaluation.json (and tasks.csv with --tasks)."""
-    from ..checkpoint.safetensors_io import parse_size
+    from ..device import choose_dtype, resolve_device
     from ..evaluation.offload import evaluate_offloaded
     from ..models import resolve_model
     from ..report.output import atomic_directory, check_output, write_json
+    from ..util.units import parse_size
 
+    corpus, text_column, ppl_protocol = values["corpus"], values["text_column"], values["ppl_protocol"]
+    seqlen, max_tokens, batch_size = values["seqlen"], values["max_tokens"], values["batch_size"]
+    dtype, device = values["dtype"], values["device"]
+    tasks, tasks_path = values["tasks"], values["tasks_path"]
+    tasks_limit, num_fewshot = values["tasks_limit"], values["num_fewshot"]
     at_least(batch_size, 1, "--batch-size")
     at_least(max_tokens, 2, "--max-tokens")
     at_least(seqlen, 2, "--seqlen")
+    cap = parse_size(max_memory) if max_memory is not None else None
+    resolved_device = resolve_device(device)  # an absent device or unknown dtype fails before any loading
+    if dtype != "auto":
+        choose_dtype(dtype, resolved_device)
     for name in (model, reference):
         if name is not None:
             resolve_model(name)  # a bad path fails now, before the corpus is read or anything loaded
@@ -85,7 +86,7 @@ def evaluate(
     result = evaluate_offloaded(
         model,
         reference,
-        parse_size(max_memory),
+        cap,
         offload_folder,
         corpus,
         seqlen,
@@ -96,8 +97,10 @@ def evaluate(
         text_column=text_column,
         ppl_protocol=ppl_protocol,
         tasks=suite,
+        device=device,
     )
-    table = Table(title=f"{model} (max memory {max_memory} per device)")
+    budget = f"max memory {max_memory} per device" if max_memory else "accelerate's memory budget"
+    table = Table(title=f"{model} on {result.device} ({budget})")
     for name in ("model", "perplexity", "top1 agreement", "top5 overlap", "KL mean", "positions"):
         table.add_column(name, justify="left" if name == "model" else "right")
     if result.reference_behaviour is not None:
@@ -116,6 +119,7 @@ def evaluate(
     console.print(table)
     console.print(result.protocol_line, soft_wrap=True, highlight=False)
     console.print(f"placement (modules per device): {result.placement}")
+    console.print(f"dtype {result.dtype_reason}", highlight=False)
     task_table = None
     if suite is not None:
         import pandas as pd

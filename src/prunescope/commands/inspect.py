@@ -34,7 +34,8 @@ def inspect(
     result = inspect_checkpoint(local_checkpoint(model), count_zeros=zeros, context_length=context)
     if layers:
         table = Table(title=f"{model}: layers")
-        columns = ["module", "group", "shape", "dtype", "params", "stored_bytes", "flops_per_token"]
+        columns = ["module", "group", "shape", "dtype", "params", "stored_bytes", "bits_per_weight"]
+        columns += ["flops_per_token"]
         columns += ["sparsity"] if zeros else []
         for name in columns:
             table.add_column(
@@ -42,6 +43,7 @@ def inspect(
             )
         for _, row in result.layers.iterrows():
             cells = [f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in columns]
+            cells[columns.index("bits_per_weight")] = f"{row['bits_per_weight']:.3g}"
             if zeros:
                 cells[-1] = f"{row['sparsity']:.3f}"
             if row["tied_to"]:
@@ -71,6 +73,9 @@ def inspect(
     s = result.summary
     line = (
         f"params {s['params']:,}  bytes {size_text(s['stored_bytes'])}  FLOPs/token {s['flops_per_token']:,}"
+        f"  bits/weight {s['bits_per_weight']:.3g} (prunable layers {s['pruned_layer_bits_per_weight']:.3g}"
+        + (f", {s['quantization']} values" if s["quantization"] != "none" else "")
+        + ")"
     )
     if zeros:
         line += f"  sparsity {s['sparsity']:.4f}  prunable-layer sparsity {s['pruned_layer_sparsity']:.4f}"

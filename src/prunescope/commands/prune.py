@@ -9,28 +9,10 @@ import typer
 from rich.table import Table
 
 from ..errors import PrunescopeError
-from .common import (
-    CALIBRATION_HELP,
-    TEXT_COLUMN_HELP,
-    ModelArg,
-    OutOpt,
-    OverwriteOpt,
-    ProgressOpt,
-    SeedOpt,
-    console,
-    size_text,
-    user_errors,
-)
-from .method_options import (
-    AllocationOpt,
-    OwlLambdaOpt,
-    OwlMOpt,
-    RefineCyclesOpt,
-    RefineOpt,
-    RefineThresholdOpt,
-    RiaAlphaOpt,
-    method_kwargs,
-)
+from . import options
+from .common import ModelArg, OutOpt, OverwriteOpt, ProgressOpt, console, size_text, user_errors
+
+VALIDATION_SEQLEN = 256  # replaced by min(256, context) once the checkpoint's config is read
 
 
 def _calibration(model: str, spec, source: str | None, seqlen: int | None, text_column: str | None = None):
@@ -42,12 +24,13 @@ def _calibration(model: str, spec, source: str | None, seqlen: int | None, text_
     from ..checkpoint.model_map import config_folder
     from ..models import local_checkpoint
     from ..pruning.calibration import calibration_samples
+    from ..util.model_config import context_length
 
     folder = config_folder(local_checkpoint(model))
     if seqlen is None:
         config = AutoConfig.from_pretrained(folder)
-        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 256)
-        spec = dataclasses.replace(spec, calib_seqlen=min(256, context))
+        context = context_length(config, fallback=VALIDATION_SEQLEN)
+        spec = dataclasses.replace(spec, calib_seqlen=min(VALIDATION_SEQLEN, context))
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError):
@@ -66,78 +49,88 @@ def _calibration(model: str, spec, source: str | None, seqlen: int | None, text_
     return samples, spec
 
 
+def _prune_options() -> list:
+    from ..experiments.config import EvaluationOptions, LoadOptions
+
+    chosen = options.study_options(
+        groups=("prune", "calib", "run", "quant"), skip=("variants", "seeds", "latency", "per_token")
+    )
+    # The device runs a calibrated method's blocks (float32, as SparseGPT's Hessian needs): no --dtype.
+    return (
+        chosen
+        + options.group_options(EvaluationOptions, only=["text_column"])
+        + options.group_options(LoadOptions, only=["device"])
+    )
+
+
+@options.with_options(_prune_options)
 @user_errors
 def prune_command(
     model: ModelArg,
     out: OutOpt,
-    method: Annotated[str, typer.Option(help="magnitude, random, wanda, sparsegpt or ria.")] = "magnitude",
-    sparsity: Annotated[float | None, typer.Option(help="Fraction of prunable weights set to zero.")] = None,
-    scope: Annotated[str | None, typer.Option(help="global, layer or row (default: the method's).")] = None,
-    pattern: Annotated[str, typer.Option(help="unstructured or N:M, e.g. 2:4.")] = "unstructured",
     format: Annotated[
         str, typer.Option("--format", help="hf, sparse or both (hf/ and sparse/ in OUT).")
     ] = "hf",
-    include: Annotated[list[str] | None, typer.Option(help="Glob on module names to prune.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Glob on module names to keep dense.")] = None,
     shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 2GB.")] = "2GB",
-    calibration: Annotated[str | None, typer.Option(help=CALIBRATION_HELP)] = None,
-    text_column: Annotated[str | None, typer.Option(help=TEXT_COLUMN_HELP)] = None,
-    calib_samples: Annotated[int, typer.Option()] = 128,
-    calib_seqlen: Annotated[int | None, typer.Option(help="Default: min(256, context).")] = None,
-    seed: SeedOpt = 0,
-    allocation: AllocationOpt = "uniform",
-    owl_m: OwlMOpt = 5.0,
-    owl_lambda: OwlLambdaOpt = 0.08,
-    ria_alpha: RiaAlphaOpt = 0.5,
-    refine: RefineOpt = "none",
-    refine_cycles: RefineCyclesOpt = 50,
-    refine_threshold: RefineThresholdOpt = 0.1,
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
+    **values,
 ) -> None:
     """Prune a checkpoint from disk and save it: magnitude/random row block by row block, wanda/sparsegpt
     decoder block by decoder block; memory is bounded by a block, not the model."""
     from ..checkpoint import prune_checkpoint
     from ..checkpoint.safetensors_io import parse_size
+    from ..device import resolve_device
+    from ..experiments.config import StudyConfig
     from ..models import local_checkpoint
-    from ..pruning import PruneSpec
     from ..report.output import atomic_directory, check_output, write_json
 
+    # The study's option groups route the flat options (and validate them) exactly as `study` does.
+    config = StudyConfig(**values, variants=["dense"])
+    request, calib = config.prune, config.calib
+    include, exclude = request.include, request.exclude
     samples = None
-    spec = PruneSpec.create(
-        method,
-        sparsity,
-        pattern,
-        scope=scope,
-        seed=seed,
-        calib_samples=calib_samples,
-        calib_seqlen=calib_seqlen or 256,
-        **method_kwargs(allocation, owl_m, owl_lambda, ria_alpha, refine, refine_cycles, refine_threshold),
-    )
+    spec = config.prune_spec(VALIDATION_SEQLEN)
+    quantizers = config.quant.quantizers()  # --quantize: one quantizer, RTN, values written dequantized
+    if len(quantizers) > 1:
+        raise PrunescopeError("prune --quantize takes one quantizer (int8 or int4), not a list")
+    if quantizers and quantizers[0].method != "rtn":
+        raise PrunescopeError("prune --quantize writes RTN values only; GPTQ is wired in study and sweep")
+    quantize = quantizers[0] if quantizers else None
     max_shard = parse_size(shard_size)
     source = local_checkpoint(model)
+    device = resolve_device(config.load.device)  # an absent device fails in one line before any work
     check_output(out, overwrite)
     if spec.needs_calibration:
-        samples, spec = _calibration(model, spec, calibration, calib_seqlen, text_column)
+        samples, spec = _calibration(
+            model, spec, calib.calibration, calib.calib_seqlen, config.evaluation.text_column
+        )
     with atomic_directory(out, overwrite) as tmp:
-        result = prune_checkpoint(source, tmp, spec, format, include, exclude, max_shard, progress, samples)
+        result = prune_checkpoint(
+            source, tmp, spec, format, include, exclude, max_shard, progress, samples, quantize, device
+        )
         # Folder paths inside the record must name the final location, not the temporary one.
         for info in result.outputs.values():
             info["folder"] = str(Path(out) / Path(info["folder"]).relative_to(tmp))
-        write_json(tmp / "prune.json", {"source": model, **result.as_dict()})
-        if "allocation" in result.details:  # OWL's block sparsities, beside prune.json
-            from ..report.allocation import PLOT_NAME, plot_allocation
+        quant = {"quantization": {**vars(quantize), "values": "dequantized"}} if quantize else {}
+        write_json(tmp / "prune.json", {"source": model, **result.as_dict(), **quant})
+        if "allocation" in result.details:  # allocation.json and its pictures, beside prune.json
+            from ..report.allocation import write_allocation
 
-            plot_allocation(result.details["allocation"], tmp / PLOT_NAME)
+            write_allocation(result.details["allocation"], result.layers, tmp)
     summary = result.as_dict()
     console.print(
         f"{spec.method} {spec.sparsity:g} ({spec.effective_scope}, {spec.pattern}): pruned "
         f"{summary['pruned_weights']:,} of {summary['prunable_weights']:,} weights "
         f"({summary['pruned_layer_sparsity']:.4f}) in {result.seconds:.1f} s"
+        + (f"; values {quantize.label} RTN, written dequantized" if quantize else "")
     )
     if "allocation" in summary:
-        blocks = summary["allocation"]["blocks"]
-        console.print("OWL block sparsities: " + ", ".join(f"{b['sparsity']:.3f}" for b in blocks))
+        blocks = summary["allocation"].get("blocks", [])
+        label = summary["allocation"].get("allocation", spec.allocation)
+        if blocks:
+            console.print(f"{label} block sparsities: " + ", ".join(f"{b['sparsity']:.3f}" for b in blocks))
+        console.print(f"allocation: {out}/allocation.json")
     table = Table(title="checkpoint sizes")
     for name in ("checkpoint", "folder", "bytes", "vs source"):
         table.add_column(name, justify="left" if name in ("checkpoint", "folder") else "right")

@@ -3,168 +3,87 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
 from rich.table import Table
 
-from .common import (
-    CALIBRATION_HELP,
-    CORPUS_HELP,
-    MAX_TOKENS_HELP,
-    PROTOCOL_HELP,
-    SEEDS_HELP,
-    SEQLEN_HELP,
-    TEXT_COLUMN_HELP,
-    DeviceOpt,
-    DtypeOpt,
-    ModelOpt,
-    NumFewshotOpt,
-    OutOpt,
-    OverwriteOpt,
-    ProgressOpt,
-    SeedOpt,
-    TasksLimitOpt,
-    TasksOpt,
-    TasksPathOpt,
-    console,
-    print_tasks,
-    user_errors,
-)
-from .method_options import (
-    AllocationOpt,
-    OwlLambdaOpt,
-    OwlMOpt,
-    RefineCyclesOpt,
-    RefineOpt,
-    RefineThresholdOpt,
-    RiaAlphaOpt,
-    method_kwargs,
-)
+from . import options
+from .common import ConfigOpt, OutOpt, OverwriteOpt, ProgressOpt, console, print_tasks, user_errors
 
 
 def print_summary(summary, title: str, caption: str | None = None) -> None:
-    """The summary table; `caption` (the perplexity protocol line) is printed under it, unwrapped."""
+    """The summary table; `caption` (the perplexity protocol line) is printed under it, unwrapped.
+
+    top-1 and KL carry their 95 % bootstrap interval over windows in brackets when summary.csv has it.
+    """
+    import math
+
+    def plain(fmt: str, scale: float | None = None):
+        return lambda row, name: fmt.format(row[name] * scale if scale else row[name])
+
+    def interval(fmt: str, low: str, high: str):
+        def cell(row, name) -> str:
+            value = fmt.format(row[name])
+            bounds = (row.get(low), row.get(high))
+            if any(b is None or (isinstance(b, float) and math.isnan(b)) for b in bounds):
+                return value
+            return f"{value} [{fmt.format(bounds[0])}–{fmt.format(bounds[1])}]"
+
+        return cell
+
     table = Table(title=title)
-    # (column, header, format, scale): short headers keep the table readable in 80 columns.
+    # (column, header, cell): short headers keep the table within 120 columns with the intervals.
     columns = [
-        ("variant", "variant", "{}", None),
-        ("stored_bytes", "MB", "{:.3f}", 1e-6),
-        ("sparsity", "sparsity", "{:.3f}", None),
-        ("pruned_layer_sparsity", "pruned", "{:.3f}", None),
-        ("flops_per_token", "MFLOP/tok", "{:.3f}", 1e-6),
-        ("top1_agreement", "top-1", "{:.4f}", None),
-        ("top5_overlap", "top-5", "{:.4f}", None),
-        ("kl_mean", "KL", "{:.3g}", None),
-        ("perplexity", "ppl", "{:.3f}", None),
+        ("variant", "variant", plain("{}")),
+        ("stored_bytes", "MB", plain("{:.3f}", 1e-6)),
+        ("sparsity", "sparsity", plain("{:.3f}")),
+        ("pruned_layer_sparsity", "pruned", plain("{:.3f}")),
+        ("flops_per_token", "MFLOP/tok", plain("{:.3f}", 1e-6)),
+        ("top1_agreement", "top-1 [95% CI]", interval("{:.4f}", "top1_ci_low", "top1_ci_high")),
+        ("top5_overlap", "top-5", plain("{:.4f}")),
+        ("kl_mean", "KL [95% CI]", interval("{:.3g}", "kl_mean_ci_low", "kl_mean_ci_high")),
+        ("perplexity", "ppl", plain("{:.3f}")),
     ]
-    for name, header, _, _ in columns:
+    for name, header, _ in columns:
         table.add_column(header, justify="left" if name == "variant" else "right")
     for _, row in summary.iterrows():
-        table.add_row(
-            *[fmt.format(row[name] * scale if scale else row[name]) for name, _, fmt, scale in columns]
-        )
+        table.add_row(*[cell(row, name) for name, _, cell in columns])
     console.print(table)
     if caption:
         console.print(caption, soft_wrap=True, highlight=False)
 
 
+def _study_options() -> list:
+    return options.study_options()
+
+
+@options.with_options(_study_options)
 @user_errors
 def study(
-    model: ModelOpt = "demo",
-    sparsity: Annotated[
-        float | None, typer.Option(help="Fraction of prunable weights set to zero [0, 1).")
-    ] = None,
-    method: Annotated[str, typer.Option(help="magnitude, random, wanda, sparsegpt or ria.")] = "magnitude",
-    scope: Annotated[
-        str | None, typer.Option(help="global, layer or row (default: the method's own).")
-    ] = None,
-    pattern: Annotated[str, typer.Option(help="unstructured or N:M, e.g. 2:4.")] = "unstructured",
-    variants: Annotated[
-        str, typer.Option(help="Comma list of dense, masked and formats (csr, bitmask, ...).")
-    ] = "dense,masked,csr",
-    include: Annotated[
-        list[str] | None, typer.Option(help="Glob on module names to prune (repeatable).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option(help="Glob on module names to keep dense (repeatable).")
-    ] = None,
-    corpus: Annotated[str | None, typer.Option(help=CORPUS_HELP)] = None,
-    text_column: Annotated[str | None, typer.Option(help=TEXT_COLUMN_HELP)] = None,
-    ppl_protocol: Annotated[str | None, typer.Option(help=PROTOCOL_HELP)] = None,
-    seqlen: Annotated[int | None, typer.Option(help=SEQLEN_HELP)] = None,
-    max_tokens: Annotated[int | None, typer.Option(help=MAX_TOKENS_HELP)] = None,
-    batch_size: Annotated[int, typer.Option()] = 8,
-    calibration: Annotated[str | None, typer.Option(help=CALIBRATION_HELP)] = None,
-    calib_samples: Annotated[int, typer.Option()] = 128,
-    calib_seqlen: Annotated[int | None, typer.Option()] = None,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-    seeds: Annotated[str | None, typer.Option(help=SEEDS_HELP)] = None,
     out: OutOpt = Path("results/study"),
     overwrite: OverwriteOpt = False,
-    latency: Annotated[bool, typer.Option(help="Also measure layer/model latency per format.")] = False,
-    allocation: AllocationOpt = "uniform",
-    owl_m: OwlMOpt = 5.0,
-    owl_lambda: OwlLambdaOpt = 0.08,
-    ria_alpha: RiaAlphaOpt = 0.5,
-    refine: RefineOpt = "none",
-    refine_cycles: RefineCyclesOpt = 50,
-    refine_threshold: RefineThresholdOpt = 0.1,
-    tasks: TasksOpt = None,
-    tasks_path: TasksPathOpt = None,
-    tasks_limit: TasksLimitOpt = None,
-    num_fewshot: NumFewshotOpt = None,
+    config: ConfigOpt = None,
     progress: ProgressOpt = True,
+    **values,
 ) -> None:
     """Prune a model and compare the dense, masked and sparse-format variants."""
-    from ..experiments.study import StudyConfig, run_study
+    from ..experiments.study import run_study
     from ..experiments.sweep import method_label
     from ..report.output import atomic_directory, check_output
     from ..report.study import write_study
 
-    config = StudyConfig(
-        model=model,
-        sparsity=sparsity,
-        method=method,
-        scope=scope,
-        pattern=pattern,
-        variants=variants,
-        include=include or [],
-        exclude=exclude or [],
-        corpus=corpus,
-        seqlen=seqlen,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        calibration=calibration,
-        calib_samples=calib_samples,
-        calib_seqlen=calib_seqlen,
-        dtype=dtype,
-        device=device,
-        seed=seed,
-        latency=latency,
-        **method_kwargs(allocation, owl_m, owl_lambda, ria_alpha, refine, refine_cycles, refine_threshold),
-        text_column=text_column,
-        ppl_protocol=ppl_protocol,
-        seeds=seeds,
-        tasks=tasks or [],
-        tasks_path=tasks_path,
-        tasks_limit=tasks_limit,
-        num_fewshot=num_fewshot,
-    )
+    study_config = options.build_config(values, config)
     check_output(out, overwrite)
     with atomic_directory(out, overwrite) as tmp:
-        result = run_study(config, work_dir=tmp / "_work", progress=progress, results_dir=tmp)
+        result = run_study(study_config, work_dir=tmp / "_work", progress=progress, results_dir=tmp)
         import shutil
 
         shutil.rmtree(tmp / "_work", ignore_errors=True)
         write_study(result, tmp)
+    spec = result.spec
     print_summary(
         result.summary,
-        f"{model}: {method_label(result.spec.method, result.spec.allocation, result.spec.refine)} "
-        f"{result.spec.sparsity:g} "
-        f"({result.spec.effective_scope}, {result.spec.pattern})",
+        f"{study_config.model}: {method_label(spec.method, spec.allocation, spec.refine)} {spec.sparsity:g} "
+        f"({spec.effective_scope}, {spec.pattern})",
         caption=result.run["evaluation"].get("protocol"),
     )
     print_tasks(result.tasks, result.run)

@@ -8,27 +8,8 @@ from typing import Annotated
 import typer
 
 from ..errors import PrunescopeError
-from .common import (
-    CALIBRATION_HELP,
-    CORPUS_HELP,
-    MAX_TOKENS_HELP,
-    PROTOCOL_HELP,
-    SEEDS_HELP,
-    SEQLEN_HELP,
-    TEXT_COLUMN_HELP,
-    DeviceOpt,
-    DtypeOpt,
-    ModelOpt,
-    NumFewshotOpt,
-    ProgressOpt,
-    SeedOpt,
-    TasksLimitOpt,
-    TasksOpt,
-    TasksPathOpt,
-    console,
-    user_errors,
-)
-from .method_options import OwlLambdaOpt, OwlMOpt, RefineCyclesOpt, RefineThresholdOpt, RiaAlphaOpt
+from . import options
+from .common import ConfigOpt, ProgressOpt, console, user_errors
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -41,50 +22,32 @@ def parse_thresholds(text: str) -> list[float]:
     return values
 
 
+# The sweep's axes: the study's options of the same names as comma lists (each value a curve).
+AXES = {
+    "sparsity": {
+        "type": str,
+        "default": "0.1:0.9:0.1",
+        "help": "Range start:stop:step (stop included) or a comma list.",
+    },
+    "method": {"help": "Comma list of methods (an axis)."},
+    "allocation": {"help": "Comma list of allocations (an axis: method label 'wanda+owl')."},
+    "refine": {"help": "Comma list: none and/or dsnot (an axis: method label 'wanda+dsnot')."},
+    "pattern": {"help": "Comma list: unstructured and/or N:M (e.g. 2:4)."},
+    "variants": {"default": "masked", "help": "Comma list: masked and/or formats (csr, bitmask, ...)."},
+    "latency": {"help": "Also measure the pruned layers' speedup per point."},
+}
+
+
+def _sweep_options() -> list:
+    return options.override(options.study_options(skip=("per_token",)), **AXES)
+
+
+@options.with_options(_sweep_options)
 @user_errors
 def sweep(
-    model: ModelOpt = "demo",
-    sparsity: Annotated[
-        str, typer.Option(help="Range start:stop:step (stop included) or a comma list.")
-    ] = "0.1:0.9:0.1",
-    method: Annotated[
-        str, typer.Option(help="Comma list: magnitude, random, wanda, sparsegpt, ria.")
-    ] = "magnitude",
-    allocation: Annotated[
-        str, typer.Option(help="Comma list: uniform and/or owl (an axis: method label 'wanda+owl').")
-    ] = "uniform",
-    refine: Annotated[
-        str, typer.Option(help="Comma list: none and/or dsnot (an axis: method label 'wanda+dsnot').")
-    ] = "none",
-    owl_m: OwlMOpt = 5.0,
-    owl_lambda: OwlLambdaOpt = 0.08,
-    ria_alpha: RiaAlphaOpt = 0.5,
-    refine_cycles: RefineCyclesOpt = 50,
-    refine_threshold: RefineThresholdOpt = 0.1,
-    pattern: Annotated[
-        str, typer.Option(help="Comma list: unstructured and/or N:M (e.g. 2:4).")
-    ] = "unstructured",
-    variants: Annotated[
-        str, typer.Option(help="Comma list: masked and/or formats (csr, bitmask, ...).")
-    ] = "masked",
     thresholds: Annotated[
         str, typer.Option(help="Top-1 agreement levels whose crossing is reported.")
     ] = "0.9,0.5",
-    corpus: Annotated[str | None, typer.Option(help=CORPUS_HELP)] = None,
-    text_column: Annotated[str | None, typer.Option(help=TEXT_COLUMN_HELP)] = None,
-    ppl_protocol: Annotated[str | None, typer.Option(help=PROTOCOL_HELP)] = None,
-    seqlen: Annotated[int | None, typer.Option(help=SEQLEN_HELP)] = None,
-    max_tokens: Annotated[int | None, typer.Option(help=MAX_TOKENS_HELP)] = None,
-    batch_size: Annotated[int, typer.Option()] = 8,
-    calibration: Annotated[str | None, typer.Option(help=CALIBRATION_HELP)] = None,
-    calib_samples: Annotated[int, typer.Option()] = 128,
-    calib_seqlen: Annotated[int | None, typer.Option()] = None,
-    include: Annotated[list[str] | None, typer.Option()] = None,
-    exclude: Annotated[list[str] | None, typer.Option()] = None,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-    seeds: Annotated[str | None, typer.Option(help=SEEDS_HELP)] = None,
     # A sweep's folder is resumed, not replaced: the same names as every command, their own help.
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Sweep folder (resumed when the configuration matches).")
@@ -92,57 +55,27 @@ def sweep(
     overwrite: Annotated[
         bool, typer.Option("--overwrite/--no-overwrite", help="Start over in OUT, discarding what is there.")
     ] = False,
-    latency: Annotated[bool, typer.Option(help="Also measure the pruned layers' speedup per point.")] = False,
-    tasks: TasksOpt = None,
-    tasks_path: TasksPathOpt = None,
-    tasks_limit: TasksLimitOpt = None,
-    num_fewshot: NumFewshotOpt = None,
+    config: ConfigOpt = None,
     progress: ProgressOpt = True,
+    **values,
 ) -> None:
     """Map behaviour, size and FLOPs against sparsity; rerun the same command to resume."""
-    from ..experiments.study import StudyConfig
     from ..experiments.sweep import SweepConfig, run_sweep
     from ..report.sweep import threshold_crossings
 
-    base = StudyConfig(
-        model=model,
-        variants=["dense"],
-        include=include or [],
-        exclude=exclude or [],
-        corpus=corpus,
-        seqlen=seqlen,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        calibration=calibration,
-        calib_samples=calib_samples,
-        calib_seqlen=calib_seqlen,
-        dtype=dtype,
-        device=device,
-        seed=seed,
-        text_column=text_column,
-        ppl_protocol=ppl_protocol,
-        seeds=seeds,
-        owl_m=owl_m,
-        owl_lambda=owl_lambda,
-        ria_alpha=ria_alpha,
-        refine_cycles=refine_cycles,
-        refine_threshold=refine_threshold,
-        tasks=tasks or [],
-        tasks_path=tasks_path,
-        tasks_limit=tasks_limit,
-        num_fewshot=num_fewshot,
-    )
-    config = SweepConfig(
-        sparsities=sparsity,
-        methods=method,
-        patterns=pattern,
-        variants=variants,
+    axes = {name: values.pop(name) for name in AXES}
+    base = options.build_config(values, config, variants=["dense"])
+    sweep_config = SweepConfig(
+        sparsities=axes["sparsity"],
+        methods=axes["method"],
+        patterns=axes["pattern"],
+        variants=axes["variants"],
         thresholds=parse_thresholds(thresholds),
         base=base,
-        latency=latency,
-        allocations=allocation,
-        refines=refine,
+        latency=axes["latency"],
+        allocations=axes["allocation"],
+        refines=axes["refine"],
     )
-    table = run_sweep(config, out, overwrite=overwrite, progress=progress)
-    console.print(threshold_crossings(table, config.thresholds).to_string(index=False))
+    table = run_sweep(sweep_config, out, overwrite=overwrite, progress=progress)
+    console.print(threshold_crossings(table, sweep_config.thresholds).to_string(index=False))
     console.print(f"{len(table)} rows in {out}/results.csv; curves and report.md beside it")

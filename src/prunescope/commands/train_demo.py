@@ -23,6 +23,10 @@ def train_demo_command(
     ] = 40.0,
     resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint in OUT.")] = True,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="cpu (the recipe's, default), cuda, mps or auto."),
+    ] = "cpu",
 ) -> None:
     """Train the bundled demo model (OPT architecture) on this interpreter's standard library."""
     from ..demo.training import train_demo
@@ -32,5 +36,8 @@ def train_demo_command(
     at_least(threads, 1, "--threads")
     if out.exists() and not out.is_dir():
         raise PrunescopeError(f"--out {str(out)!r} is a file, not a folder")
-    final = train_demo(out, seed=seed, minutes=minutes, resume=resume, threads=threads)
+    from ..device import resolve_device
+
+    resolved = str(resolve_device(device))  # an absent device fails in one line before any work
+    final = train_demo(out, seed=seed, minutes=minutes, resume=resume, threads=threads, device=resolved)
     console.print(f"model written to {final}")

@@ -110,13 +110,19 @@ def split_modules(
 
 def heldout_texts(model_dir: str | Path = DEMO_MODEL_DIR) -> list[str]:
     """Source texts of the held-out modules listed beside the model, read from this interpreter's stdlib."""
+    return [text for _, text in heldout_sources(model_dir)]
+
+
+def heldout_sources(model_dir: str | Path = DEMO_MODEL_DIR) -> list[tuple[str, str]]:
+    """(module name, source) of the held-out modules listed beside the model, in listing order: those this
+    interpreter's stdlib has, can decode and finds non-empty; raises PrunescopeError when none is left."""
     listing = Path(model_dir) / HELDOUT_FILE
     try:
         names = json.loads(listing.read_text(encoding="utf-8"))["modules"]
     except (OSError, ValueError, KeyError) as exc:
         raise PrunescopeError(f"cannot read the held-out module list {listing}: {exc}") from exc
     root = _stdlib_root()
-    texts = []
+    sources = []
     for name in names:
         path = _module_path(root, name)
         if path is None:
@@ -126,10 +132,10 @@ def heldout_texts(model_dir: str | Path = DEMO_MODEL_DIR) -> list[str]:
         except (OSError, UnicodeDecodeError):
             continue
         if text.strip():
-            texts.append(text)
-    if not texts:
+            sources.append((name, text))
+    if not sources:
         raise PrunescopeError(f"none of the {len(names)} held-out modules in {listing} exist in {root}")
-    return texts
+    return sources
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -28,7 +28,7 @@ import tokenize
 from pathlib import Path
 
 from ..errors import PrunescopeError
-from .corpus import DEMO_MODEL_DIR, HELDOUT_FILE, _module_path, _stdlib_root
+from .corpus import DEMO_MODEL_DIR, heldout_sources
 
 TASKS_DIR: Path = Path(__file__).parent / "tasks"
 TASK_NAME = "stdlib_identifier"
@@ -42,25 +42,8 @@ SKIP = frozenset(keyword.kwlist) | {"self", "cls", "None", "True", "False"}
 
 
 def _heldout_sources(model_dir: Path) -> list[tuple[str, str]]:
-    """(module name, source) of every held-out module this interpreter has, sorted by name."""
-    listing = model_dir / HELDOUT_FILE
-    try:
-        names = json.loads(listing.read_text(encoding="utf-8"))["modules"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise PrunescopeError(f"cannot read the held-out module list {listing}: {exc}") from exc
-    root = _stdlib_root()
-    sources = []
-    for name in sorted(names):
-        path = _module_path(root, name)
-        if path is None:
-            continue
-        try:
-            sources.append((name, path.read_bytes().decode("utf-8").replace("\r\n", "\n")))
-        except (OSError, UnicodeDecodeError):
-            continue
-    if not sources:
-        raise PrunescopeError(f"none of the held-out modules in {listing} exist in {root}")
-    return sources
+    """(module name, source with LF line ends) of the held-out modules (`corpus.heldout_sources`) by name."""
+    return sorted((name, source.replace("\r\n", "\n")) for name, source in heldout_sources(model_dir))
 
 
 def _names(source: str) -> dict[int, list[tuple[int, str]]]:

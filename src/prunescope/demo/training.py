@@ -124,6 +124,7 @@ def train_demo(
     checkpoint_steps: int | None = None,
     eval_max_windows: int | None = None,
     stop_after_steps: int | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Train the demo OPT model from scratch on this interpreter's stdlib; return the final model folder.
 
@@ -211,7 +212,8 @@ def train_demo(
     if len(tokenizer) != config.vocab_size:
         raise PrunescopeError(f"tokenizer has {len(tokenizer)} tokens, config expects {config.vocab_size}")
     torch.manual_seed(seed)
-    model = OPTForCausalLM(config)
+    # The weights are initialised on the CPU whatever the device, so a seed gives the same start anywhere.
+    model = OPTForCausalLM(config).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optim = torch.optim.AdamW(
@@ -222,11 +224,11 @@ def train_demo(
     rng = np.random.Generator(np.random.PCG64(seed))
     step, total_steps, tokens_seen, train_seconds, loss_ema = 0, max_steps, 0, 0.0, None
     if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         step, total_steps = state["step"], state["total_steps"]
         tokens_seen, train_seconds, loss_ema = state["tokens_seen"], state["train_seconds"], state["loss_ema"]
         if progress:
@@ -276,6 +278,7 @@ def train_demo(
             group["lr"] = cur_lr
         starts = rng.integers(0, n_pos + 1, size=batch_size)
         batch = torch.stack([stream[s : s + seqlen] for s in starts])
+        batch = batch.to(device)
         loss = model(input_ids=batch, labels=batch).loss
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -309,7 +312,7 @@ def train_demo(
         for p in final_dir.iterdir():
             p.unlink()
     final_dir.mkdir(parents=True, exist_ok=True)
-    model.to(torch.float16).save_pretrained(final_dir, safe_serialization=True)
+    model.to("cpu", torch.float16).save_pretrained(final_dir, safe_serialization=True)
     tokenizer.save_pretrained(final_dir)
     (final_dir / HELDOUT_FILE).write_text(
         json.dumps(

@@ -1,24 +1,63 @@
-"""Behaviour of a variant against the dense reference: top-1 agreement, top-5 overlap, KL, perplexity.
+"""Behaviour of a variant against the dense reference: top-1 agreement, top-5 overlap, KL, perplexity, and the
+distribution of the per-token values behind them (percentiles, paired stderr, bootstrap intervals).
 
-The dense pass runs once; its log-probabilities are kept (in memory, or spilled batch by batch to a folder so
-a large vocabulary does not hold gigabytes of RAM) and every variant is compared to them position by
-position on the same tokenized batches. Padding positions never count.
+The dense pass runs once. What it keeps is the dense model's **final hidden states** (the input of the
+output head, captured with a forward pre-hook on `get_output_embeddings()`), tokens × hidden, in memory or
+spilled batch by batch to a folder, plus a few facts per position (dense argmax, top-5 ids, max and target
+log-probability) and a private copy of the dense output head's weight and bias (vocabulary × hidden: fixed,
+whatever the token count). When a variant is compared, the dense distribution is recomputed batch by batch
+from those hidden states through that head — the very matmul and log-softmax the dense model ran, so every
+metric is exact (checked on the first batch: the head must reproduce the model's logits bit for bit,
+final-logit softcapping or logit scaling included, or the study stops with one line).
+Why this mechanism: it is exact, bounded (tokens × hidden instead of tokens × vocabulary: for a Llama-3
+vocabulary 64× less than fp32 log-probabilities even at hidden 4096), and the same for studies, sweeps and
+sensitivity maps (every variant, sparse formats included, is converted once and compared batch by batch
+against the one reference). Its cost: one extra output-head matmul and log-softmax per variant batch.
+
+Everything runs on the model's device; only per-position vectors (KL, probabilities of the target, argmax
+ids, ...) go to the host. Vocabulary-wide temporaries are at most `_CHUNK_POSITIONS` positions tall besides
+the batch's two log-probability tensors. Padding positions never count. Positions compared (top-1, top-5,
+KL) and positions scored (next-token loss, Δp, NLL statistics) come from each window's spans (`_row_spans`):
+in the document protocol every position is compared and all but the last are scored.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..errors import PrunescopeError
 from ..util.progress import track
+from . import statistics as stats
 from .corpus import Batch
 
 TOP_K = 5
+_CHUNK_POSITIONS = 64  # vocabulary-sized temporaries are this many positions tall, whatever the batch
+
+# Per-position columns a Behaviour keeps (`Behaviour.tokens`); one entry per compared or scored position.
+TOKEN_COLUMNS = (
+    "window",  # window id (the protocol's window index when batches carry it, else the batch-order row)
+    "position",  # index of the input token in its window, whose next-token prediction this is
+    "input_id",
+    "target_id",  # -1 where the position is not scored
+    "compared",  # counts for top-1 / top-5 / KL
+    "scored",  # counts for perplexity / Δp / NLL statistics
+    "kl",  # KL(dense || variant), nats; NaN where not compared
+    "dense_top1",
+    "variant_top1",
+    "dense_max_p",  # the dense model's top probability (its confidence); NaN where not compared
+    "p_dense",  # probability of the target token; NaN where not scored
+    "p_variant",
+    "nll_dense",  # −log p of the target token; NaN where not scored
+    "nll_variant",
+)
 
 
 @dataclass
@@ -30,9 +69,32 @@ class Behaviour:
     positions: int  # positions compared (non-padding)
     predicted_tokens: int  # next-token predictions scored for perplexity
     seconds: float
+    # Distributions (docs/metrics.md, llama.cpp's definitions): KL over compared positions, Δp = p_variant(y)
+    # − p_dense(y) and NLLs over scored positions; for the dense model itself KL, Δp and ln ratio are 0.
+    kl_median: float = math.nan
+    kl_p90: float = math.nan
+    kl_p99: float = math.nan
+    kl_p999: float = math.nan
+    kl_max: float = math.nan
+    delta_p_mean: float = math.nan
+    delta_p_rms: float = math.nan
+    delta_p_p01: float = math.nan
+    delta_p_p99: float = math.nan
+    ln_ppl_ratio: float = math.nan  # mean(nll_variant) − mean(nll_dense)
+    ln_ppl_ratio_stderr: float = math.nan  # paired: sqrt(se_v² + se_d² − 2 cov)
+    nll_correlation: float = math.nan  # Pearson correlation of per-token NLLs
+    # 95 % percentile-bootstrap intervals over windows (1000 resamples, seed 0).
+    kl_mean_ci_low: float = math.nan
+    kl_mean_ci_high: float = math.nan
+    top1_ci_low: float = math.nan
+    top1_ci_high: float = math.nan
+    ppl_ratio_ci_low: float = math.nan
+    ppl_ratio_ci_high: float = math.nan
+    # Per-position values (TOKEN_COLUMNS -> arrays), bounded by tokens; never in as_dict / summary.csv.
+    tokens: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tokens"}
 
 
 @torch.no_grad()
@@ -44,28 +106,169 @@ def log_probs(model: nn.Module, batch: Batch) -> torch.Tensor:
     return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
 
 
+def _to_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """The same float32 log-softmax as `log_probs`, in place where the dtype allows."""
+    logits = logits.float()
+    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
+
+
+# ------------------------------------------------------------------------------------------ output head
+def output_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(the module that owns it, the output head): the first `get_output_embeddings()` in the model."""
+    for module in model.modules():
+        getter = getattr(module, "get_output_embeddings", None)
+        if callable(getter):
+            head = getter()
+            if isinstance(head, nn.Module):
+                return module, head
+    raise PrunescopeError(
+        f"{type(model).__name__} exposes no output head (get_output_embeddings); the dense reference "
+        "stores the head's inputs and needs it"
+    )
+
+
+def _transforms(config) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """Candidate final-logit transforms, as transformers' models apply them after the head."""
+    configs = [config]
+    text = getattr(config, "get_text_config", None)
+    if callable(text):
+        configs.append(text())
+    found: list[tuple[str, Callable]] = [("none", lambda x: x)]
+    for cfg in configs:
+        cap = getattr(cfg, "final_logit_softcapping", None)
+        if isinstance(cap, (int, float)) and cap:
+            found.append(("final_logit_softcapping", lambda x, c=cap: torch.tanh(x / c) * c))
+            found.append(("final_logit_softcapping, float32", lambda x, c=cap: torch.tanh(x.float() / c) * c))
+        scale = getattr(cfg, "logit_scale", None)
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            found.append(("logit_scale", lambda x, s=scale: x * s))
+        scaling = getattr(cfg, "logits_scaling", None)
+        if isinstance(scaling, (int, float)) and not isinstance(scaling, bool) and scaling:
+            found.append(("1/logits_scaling", lambda x, s=scaling: x / s))
+            found.append(("logits_scaling", lambda x, s=scaling: x * s))
+    return found
+
+
+class DenseHead:
+    """A private copy of the dense output head (weight, bias) and the model's final-logit transform.
+
+    Bounded: vocabulary × hidden, whatever the token count. Kept because a variant may prune or swap the
+    head (`--include lm_head`), and `prunescope evaluate` compares another checkpoint after the dense model
+    is gone. A head that accelerate offloaded to disk stays on disk: its copy is written to `spill_dir` and
+    memory-mapped when used, so an offloaded evaluation holds no more of it than the model's own forward.
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device, spill_dir: Path | None = None) -> None:
+        self.linear = isinstance(module, nn.Linear)
+        self.path: Path | None = None
+        weight = getattr(module, "weight", None)
+        if weight is not None and weight.device.type == "meta":
+            from accelerate.utils import align_module_device
+
+            with align_module_device(module, execution_device=device):
+                self._copy(module, device)
+            if self.linear and spill_dir is not None:
+                spill_dir.mkdir(parents=True, exist_ok=True)
+                self.path = spill_dir / "output_head.pt"
+                torch.save({"weight": self.weight.cpu(), "bias": self.bias}, self.path)
+                self.weight = self.bias = None
+        else:
+            self._copy(module, device)
+        self.transform_name = "none"
+        self.transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+
+    def _copy(self, module: nn.Module, device: torch.device) -> None:
+        if self.linear:
+            self.weight = module.weight.detach().to(device, copy=True)
+            self.bias = None if module.bias is None else module.bias.detach().to(device, copy=True)
+        else:
+            import copy
+
+            self.module = copy.deepcopy(module).to(device)
+
+    def _parameters(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.path is not None:  # offloaded: memory-mapped from the spill folder, one batch at a time
+            stored = torch.load(self.path, mmap=True, weights_only=True)
+            bias = stored["bias"]
+            return stored["weight"].to(device), None if bias is None else bias.to(device)
+        if self.weight.device != device:
+            self.weight = self.weight.to(device)
+            self.bias = None if self.bias is None else self.bias.to(device)
+        return self.weight, self.bias
+
+    @property
+    def nbytes(self) -> int:
+        if self.path is not None:
+            return self.path.stat().st_size
+        if self.linear:
+            return sum(t.numel() * t.element_size() for t in (self.weight, self.bias) if t is not None)
+        return sum(p.numel() * p.element_size() for p in self.module.parameters())
+
+    def raw(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.linear:
+            return nn.functional.linear(hidden, *self._parameters(hidden.device))
+        self.module = self.module.to(hidden.device)
+        return self.module(hidden)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.transform(self.raw(hidden))
+
+    def verify(self, hidden: torch.Tensor, logits: torch.Tensor, owner: nn.Module) -> None:
+        """Pick the transform that reproduces `logits` from `hidden` exactly; raise when none does."""
+        raw = self.raw(hidden)
+        closest = math.inf
+        for name, transform in _transforms(getattr(owner, "config", None)):
+            candidate = transform(raw)
+            if candidate.shape == logits.shape:
+                if torch.equal(candidate.to(logits.dtype), logits):
+                    self.transform_name, self.transform = name, transform
+                    return
+                difference = (candidate.float() - logits.float()).abs().max()
+                closest = min(closest, float(difference))
+            del candidate
+        raise PrunescopeError(
+            f"the dense reference recomputes the dense distribution from the final hidden states through the "
+            f"output head, but on {type(owner).__name__} the head does not reproduce the model's logits "
+            f"(max difference {closest:.3g}): its forward changes the logits after the head in a way "
+            "prunescope does not know (known: final_logit_softcapping, logit_scale, logits_scaling)"
+        )
+
+
+# ------------------------------------------------------------------------------------------ reference
 class DenseReference:
-    """Dense log-probabilities per batch, in memory or spilled to `spill_dir`."""
+    """The dense model's final hidden states and per-position facts per batch, in memory or spilled to
+    `spill_dir`, and the dense output head that turns them back into the dense distribution."""
 
     def __init__(self, spill_dir: str | Path | None = None) -> None:
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
-        self._memory: list[torch.Tensor] = []
+        self._memory: list[dict[str, torch.Tensor]] = []
         self.count = 0
+        self.head: DenseHead | None = None
+        self.nbytes = 0  # bytes of the stored batches (RAM or disk), excluding the head
 
-    def append(self, lp: torch.Tensor) -> None:
+    def append(self, record: dict[str, torch.Tensor]) -> None:
+        record = {key: value.detach().to("cpu", copy=True) for key, value in record.items()}
+        self.nbytes += sum(t.numel() * t.element_size() for t in record.values())
         if self.spill_dir is None:
-            self._memory.append(lp.cpu())
+            self._memory.append(record)
         else:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(lp.cpu(), self.spill_dir / f"reference_{self.count:05d}.pt")
+            torch.save(record, self.spill_dir / f"reference_{self.count:05d}.pt")
         self.count += 1
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self.spill_dir is None:
             return self._memory[index]
         return torch.load(self.spill_dir / f"reference_{index:05d}.pt", weights_only=True)
 
+    def dense_log_probs(self, record: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """The dense model's float32 log-probabilities for one stored batch, recomputed on `device`."""
+        if self.head is None:
+            raise PrunescopeError("the dense reference holds no batch")
+        return _to_log_probs(self.head(record["hidden"].to(device)))
 
+
+# ------------------------------------------------------------------------------------------ accumulation
 @dataclass
 class _Sums:
     agree: float = 0.0
@@ -74,9 +277,7 @@ class _Sums:
     nll: float = 0.0
     positions: int = 0
     predicted: int = 0
-
-
-_CHUNK_POSITIONS = 64  # vocabulary-sized temporaries are this many positions tall, whatever the batch
+    parts: dict[str, list[np.ndarray]] = field(default_factory=lambda: {c: [] for c in TOKEN_COLUMNS})
 
 
 def _row_spans(batch: Batch) -> tuple[list[tuple[int, int, int, int]], torch.Tensor]:
@@ -91,32 +292,174 @@ def _row_spans(batch: Batch) -> tuple[list[tuple[int, int, int, int]], torch.Ten
     return [(0, n, 0, max(n - 1, 0)) for n in lengths], targets.cpu()
 
 
-def _accumulate(sums: _Sums, dense: torch.Tensor, variant: torch.Tensor, batch: Batch) -> None:
-    spans, targets = _row_spans(batch)
+def _chunks(a0: int, a1: int, l0: int, l1: int):
+    """(agree lo, hi, loss lo, hi) per chunk of `_CHUNK_POSITIONS` over the row's positions."""
+    first, last = min(a0, l0), max(a1, l1)
+    for start in range(first, last, _CHUNK_POSITIONS):
+        stop = min(start + _CHUNK_POSITIONS, last)
+        yield max(start, a0), min(stop, a1), max(start, l0), min(stop, l1)
+
+
+class _Grids:
+    """Per-position values of one batch on the device, (batch, length) each."""
+
+    def __init__(self, shape: tuple[int, int], device: torch.device) -> None:
+        nan = dict(dtype=torch.float32, device=device)
+        self.kl = torch.full(shape, math.nan, **nan)
+        self.variant_top1 = torch.full(shape, -1, dtype=torch.long, device=device)
+        self.variant_lp = torch.full(shape, math.nan, **nan)  # log-probability of the target
+
+
+def _facts(lp: torch.Tensor, batch: Batch, spans, targets: torch.Tensor, scalars: dict) -> dict:
+    """Dense facts per position (argmax, top-k ids, max and target log-probability), chunk by chunk."""
+    device, (rows, length, vocab) = lp.device, lp.shape
+    k = min(TOP_K, vocab)
+    top1 = torch.full((rows, length), -1, dtype=torch.long, device=device)
+    topk = torch.full((rows, length, k), -1, dtype=torch.int32, device=device)
+    max_lp = torch.full((rows, length), math.nan, dtype=torch.float32, device=device)
+    target_lp = torch.full((rows, length), math.nan, dtype=torch.float32, device=device)
     for row, (a0, a1, l0, l1) in enumerate(spans):
-        first, last = min(a0, l0), max(a1, l1)
-        for start in range(first, last, _CHUNK_POSITIONS):
-            stop = min(start + _CHUNK_POSITIONS, last)
-            lo, hi = max(start, a0), min(stop, a1)
+        for lo, hi, llo, lhi in _chunks(a0, a1, l0, l1):
+            if hi > lo:
+                d = lp[row, lo:hi]
+                top1[row, lo:hi] = d.argmax(-1)
+                best = d.topk(k, dim=-1)
+                topk[row, lo:hi] = best.indices.to(torch.int32)
+                max_lp[row, lo:hi] = best.values[:, 0]
+            if lhi > llo:
+                picked = lp[row, llo:lhi].gather(-1, targets[row, llo:lhi].unsqueeze(-1))
+                scalars["nll"].append(picked.sum())
+                target_lp[row, llo:lhi] = picked.squeeze(-1)
+    return {"top1": top1, "topk": topk, "max_lp": max_lp, "target_lp": target_lp}
+
+
+def _compare_batch(
+    dense: torch.Tensor, variant: torch.Tensor, facts: dict, spans, targets: torch.Tensor, scalars: dict
+) -> _Grids:
+    """The old per-chunk sums (same chunks, same reductions: exact) and the per-position values."""
+    k = facts["topk"].shape[-1]
+    grids = _Grids(tuple(variant.shape[:2]), variant.device)
+    for row, (a0, a1, l0, l1) in enumerate(spans):
+        for lo, hi, llo, lhi in _chunks(a0, a1, l0, l1):
             if hi > lo:
                 d, v = dense[row, lo:hi], variant[row, lo:hi]  # views: (positions, vocab)
-                sums.agree += int((d.argmax(-1) == v.argmax(-1)).sum())
-                k = min(TOP_K, d.shape[-1])
-                top_d, top_v = d.topk(k, dim=-1).indices, v.topk(k, dim=-1).indices
-                sums.overlap += int((top_d.unsqueeze(-1) == top_v.unsqueeze(-2)).any(-1).sum()) / k
-                # KL(p||q) = sum p (log p - log q), with 0·log 0 = 0.
-                sums.kl += float(nn.functional.kl_div(v, d, reduction="sum", log_target=True))
-            # Next-token loss on the scored positions only.
-            lo, hi = max(start, l0), min(stop, l1)
-            if hi > lo:
-                predicting = variant[row, lo:hi]
-                sums.nll -= float(predicting.gather(-1, targets[row, lo:hi].unsqueeze(-1)).sum())
-        sums.positions += a1 - a0
-        sums.predicted += l1 - l0
+                top1 = v.argmax(-1)
+                scalars["agree"].append((facts["top1"][row, lo:hi] == top1).sum())
+                top_d, top_v = facts["topk"][row, lo:hi], v.topk(k, dim=-1).indices
+                scalars["overlap"].append((top_d.unsqueeze(-1) == top_v.unsqueeze(-2)).any(-1).sum())
+                # KL(p||q) = sum p (log p - log q), with 0·log 0 = 0; the same elementwise terms and total as
+                # kl_div(reduction="sum"), plus the per-position sums.
+                terms = nn.functional.kl_div(v, d, reduction="none", log_target=True)
+                scalars["kl"].append(terms.sum())
+                grids.kl[row, lo:hi] = terms.sum(-1)
+                grids.variant_top1[row, lo:hi] = top1
+                del terms
+            if lhi > llo:
+                picked = variant[row, llo:lhi].gather(-1, targets[row, llo:lhi].unsqueeze(-1))
+                scalars["nll"].append(picked.sum())
+                grids.variant_lp[row, llo:lhi] = picked.squeeze(-1)
+    return grids
+
+
+def _new_scalars() -> dict[str, list[torch.Tensor]]:
+    return {"agree": [], "overlap": [], "kl": [], "nll": []}
+
+
+def _add_scalars(sums: _Sums, scalars: dict[str, list[torch.Tensor]], k: int) -> None:
+    """Accumulate the chunk sums in the order they were made, in Python floats (one host transfer)."""
+    for name, values in scalars.items():
+        if not values:
+            continue
+        for value in torch.stack(values).tolist():
+            if name == "agree":
+                sums.agree += int(value)
+            elif name == "overlap":
+                sums.overlap += int(value) / k
+            elif name == "kl":
+                sums.kl += value
+            else:
+                sums.nll -= value
+
+
+def _masks(batch: Batch, spans) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = tuple(batch.input_ids.shape)
+    compared, scored = torch.zeros(shape, dtype=torch.bool), torch.zeros(shape, dtype=torch.bool)
+    for row, (a0, a1, l0, l1) in enumerate(spans):
+        compared[row, a0:a1] = True
+        scored[row, l0:l1] = True
+    return compared, scored
+
+
+def _keep_tokens(
+    sums: _Sums, batch: Batch, spans, targets, window_start: int, facts: dict, grids: _Grids | None
+) -> None:
+    """Per-position values of the batch's compared or scored positions, to the host (one copy each)."""
+    compared, scored = _masks(batch, spans)
+    keep = compared | scored
+    rows, length = keep.shape
+    ids = getattr(batch, "window_ids", None)  # the protocol's window indices, when the batches carry them
+    windows = torch.tensor(list(ids) if ids is not None else list(range(window_start, window_start + rows)))
+    host = {
+        "window": windows.unsqueeze(1).expand(rows, length)[keep],
+        "position": torch.arange(length).unsqueeze(0).expand(rows, length)[keep].to(torch.int32),
+        "input_id": batch.input_ids.cpu()[keep],
+        "target_id": torch.where(scored, targets, torch.full_like(targets, -1))[keep],
+        "compared": compared[keep],
+        "scored": scored[keep],
+    }
+    device_keep = keep.to(facts["top1"].device)
+    dense_lp = facts["target_lp"][device_keep]
+    dense_top1 = facts["top1"][device_keep]
+    max_p = facts["max_lp"][device_keep].exp()
+    if grids is None:  # the dense model against itself
+        kl = torch.where(compared.to(device_keep.device)[device_keep], 0.0, math.nan)
+        variant_top1, variant_lp = dense_top1, dense_lp
+    else:
+        kl, variant_top1, variant_lp = (
+            grids.kl[device_keep],
+            grids.variant_top1[device_keep],
+            grids.variant_lp[device_keep],
+        )
+    device = {
+        "kl": kl,
+        "dense_top1": dense_top1,
+        "variant_top1": variant_top1,
+        "dense_max_p": max_p,
+        "p_dense": dense_lp.exp(),
+        "p_variant": variant_lp.exp(),
+        "nll_dense": -dense_lp,
+        "nll_variant": -variant_lp,
+    }
+    for name, value in {**host, **device}.items():
+        sums.parts[name].append(value.cpu().numpy())
+
+
+def _tokens(sums: _Sums) -> dict[str, np.ndarray]:
+    return {
+        name: np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        for name, parts in sums.parts.items()
+    }
 
 
 def _finish(sums: _Sums, seconds: float) -> Behaviour:
     positions = max(sums.positions, 1)
+    tokens = _tokens(sums)
+    compared = tokens["compared"].astype(bool) if tokens["compared"].size else np.zeros(0, dtype=bool)
+    scored = tokens["scored"].astype(bool) if tokens["scored"].size else np.zeros(0, dtype=bool)
+    kl = tokens["kl"][compared] if compared.size else np.zeros(0)
+    agree = (tokens["dense_top1"] == tokens["variant_top1"])[compared] if compared.size else np.zeros(0)
+    delta_p = (tokens["p_variant"] - tokens["p_dense"])[scored] if scored.size else np.zeros(0)
+    nll_v = tokens["nll_variant"][scored] if scored.size else np.zeros(0)
+    nll_d = tokens["nll_dense"][scored] if scored.size else np.zeros(0)
+    windows = tokens["window"]
+    intervals = stats.window_bootstrap(
+        windows[compared] if compared.size else [],
+        kl,
+        agree,
+        windows[scored] if scored.size else [],
+        nll_v,
+        nll_d,
+    )
     return Behaviour(
         top1_agreement=sums.agree / positions,
         top5_overlap=sums.overlap / positions,
@@ -125,7 +468,46 @@ def _finish(sums: _Sums, seconds: float) -> Behaviour:
         positions=sums.positions,
         predicted_tokens=sums.predicted,
         seconds=seconds,
+        kl_median=stats.percentile(kl, 50),
+        kl_p90=stats.percentile(kl, 90),
+        kl_p99=stats.percentile(kl, 99),
+        kl_p999=stats.percentile(kl, 99.9),
+        kl_max=float(np.max(kl)) if kl.size else math.nan,
+        delta_p_mean=stats.mean(delta_p),
+        delta_p_rms=stats.rms(delta_p),
+        delta_p_p01=stats.percentile(delta_p, 1),
+        delta_p_p99=stats.percentile(delta_p, 99),
+        ln_ppl_ratio=stats.mean(nll_v) - stats.mean(nll_d),
+        ln_ppl_ratio_stderr=stats.paired_stderr(nll_v, nll_d),
+        nll_correlation=stats.correlation(nll_v, nll_d),
+        **vars(intervals),
+        tokens=tokens,
     )
+
+
+# ------------------------------------------------------------------------------------------ passes
+class _Capture:
+    """Forward pre-hook on the output head: the hidden states it receives, once per forward."""
+
+    def __init__(self, head: nn.Module) -> None:
+        self.inputs: list[torch.Tensor] = []
+        self.handle = head.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        hidden = args[0] if args else next(iter(kwargs.values()))
+        self.inputs.append(hidden.detach())
+
+    def take(self, owner: nn.Module) -> torch.Tensor:
+        inputs, self.inputs = self.inputs, []
+        if len(inputs) != 1:
+            raise PrunescopeError(
+                f"{type(owner).__name__} called its output head {len(inputs)} times in one forward pass; the "
+                "dense reference needs exactly one call (the final hidden states of every position)"
+            )
+        return inputs[0]
+
+    def close(self) -> None:
+        self.handle.remove()
 
 
 @torch.no_grad()
@@ -134,13 +516,49 @@ def compute_reference(
 ) -> tuple[DenseReference, Behaviour]:
     """Run the dense model once; returns the stored reference and the dense model's own behaviour."""
     device = next(model.parameters()).device
+    owner, head = output_head(model)
     reference = DenseReference(spill_dir)
-    sums, start = _Sums(), time.perf_counter()
-    for batch in track(batches, "dense reference", enabled=progress):
-        lp = log_probs(model, batch.to(device)).cpu()
-        reference.append(lp)
-        _accumulate(sums, lp, lp, batch)
+    sums, start, row = _Sums(), time.perf_counter(), 0
+    capture = _Capture(head)
+    try:
+        for batch in track(batches, "dense reference", enabled=progress):
+            out = model(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                use_cache=False,
+            )
+            hidden = capture.take(owner)
+            logits = out.logits
+            del out
+            if reference.head is None:
+                reference.head = DenseHead(head, logits.device, reference.spill_dir)
+                reference.head.verify(hidden.to(logits.device), logits, owner)
+            lp = _to_log_probs(logits)
+            del logits
+            spans, targets = _row_spans(batch)
+            scalars = _new_scalars()
+            facts = _facts(lp, batch, spans, targets.to(lp.device), scalars)
+            del lp
+            reference.append({"hidden": hidden, **facts})
+            del hidden
+            _add_scalars(sums, scalars, facts["topk"].shape[-1])
+            _count(sums, spans, dense=True)
+            _keep_tokens(sums, batch, spans, targets, row, facts, None)
+            row += len(spans)
+    finally:
+        capture.close()
     return reference, _finish(sums, time.perf_counter() - start)
+
+
+def _count(sums: _Sums, spans, dense: bool = False) -> None:
+    """Positions and predictions; the dense model agrees with itself on every compared position (its KL is
+    0, its top-1 and top-5 sums are the position counts, as the elementwise comparison gives them)."""
+    for a0, a1, l0, l1 in spans:
+        sums.positions += a1 - a0
+        sums.predicted += l1 - l0
+        if dense:
+            sums.agree += a1 - a0
+            sums.overlap += float(a1 - a0)
 
 
 @torch.no_grad()
@@ -152,9 +570,24 @@ def compare(
     progress: bool = True,
 ) -> Behaviour:
     """Behaviour of `model` (in its current state) against the dense reference, batch by batch."""
+    if reference.count != len(batches):
+        raise PrunescopeError(
+            f"the dense reference holds {reference.count} batches, not the {len(batches)} being compared"
+        )
     device = next(model.parameters()).device
-    sums, start = _Sums(), time.perf_counter()
+    sums, start, row = _Sums(), time.perf_counter(), 0
     for index, batch in enumerate(track(batches, label, enabled=progress)):
-        lp = log_probs(model, batch.to(device)).cpu()
-        _accumulate(sums, reference[index], lp, batch)
+        variant = log_probs(model, batch.to(device))
+        stored = reference[index]
+        facts = {key: value.to(variant.device) for key, value in stored.items() if key != "hidden"}
+        dense = reference.dense_log_probs(stored, variant.device)
+        del stored
+        spans, targets = _row_spans(batch)
+        scalars = _new_scalars()
+        grids = _compare_batch(dense, variant, facts, spans, targets.to(variant.device), scalars)
+        del dense, variant
+        _add_scalars(sums, scalars, facts["topk"].shape[-1])
+        _count(sums, spans)
+        _keep_tokens(sums, batch, spans, targets, row, facts, grids)
+        row += len(spans)
     return _finish(sums, time.perf_counter() - start)

@@ -115,6 +115,7 @@ class Batch:
     attention_mask: torch.Tensor  # (batch, length), 1 for real tokens
     targets: torch.Tensor | None = None  # (batch, length): next-token target per position, -100 unscored
     spans: list[tuple[int, int, int, int]] | None = None  # per row, Window.spans; None: document rows
+    window_ids: list[int] | None = None  # per row, the index of its window in the protocol's list
 
     @property
     def tokens(self) -> int:
@@ -122,7 +123,13 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         # Targets stay on the CPU, where the metrics are accumulated.
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.targets, self.spans)
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.targets,
+            self.spans,
+            self.window_ids,
+        )
 
 
 def tokenize_windows(
@@ -170,5 +177,5 @@ def make_batches(windows: list[list[int]] | list[Window], batch_size: int, pad_i
             mask[row, : len(window.ids)] = 1
             if window.targets:
                 targets[row, window.start : window.start + len(window.targets)] = torch.tensor(window.targets)
-        batches.append(Batch(ids, mask, targets, [w.spans for w in chunk]))
+        batches.append(Batch(ids, mask, targets, [w.spans for w in chunk], order[start : start + batch_size]))
     return batches

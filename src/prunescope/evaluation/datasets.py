@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import PrunescopeError
+from ..errors import PrunescopeError, first_line
 from .corpus import default_texts, read_corpus
 
 EVALUATION, CALIBRATION = "evaluation", "calibration"
@@ -125,25 +125,21 @@ def load_hf(path: str, config: str | None, split: str | None, data_files: str | 
     return datasets.load_dataset(path, config, split=split, **kwargs)
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
 def _hub(path: str, config: str | None, split: str | None, data_files: str | None, label: str):
     try:
         return load_hf(path, config, split, data_files)
     except ConnectionError as error:
         raise PrunescopeError(
             f"dataset {label} ({path}{':' + config if config else ''}) is not in the local cache and the "
-            f"hub cannot be reached ({_first_line(error)}); run once with "
+            f"hub cannot be reached ({first_line(error)}); run once with "
             "HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 to cache it, or pass a local file: a .txt/.jsonl, a "
             ".parquet/.arrow file or a Dataset.save_to_disk folder"
         ) from None
     except (FileNotFoundError, ValueError, KeyError) as error:
-        raise PrunescopeError(f"cannot load dataset {label}: {_first_line(error)}") from None
+        raise PrunescopeError(f"cannot load dataset {label}: {first_line(error)}") from None
     except Exception as error:  # the hub client raises its own types (DatasetNotFoundError, HfHubHTTPError)
         if type(error).__module__.startswith(("datasets", "huggingface_hub", "requests", "httpx")):
-            raise PrunescopeError(f"cannot load dataset {label}: {_first_line(error)}") from None
+            raise PrunescopeError(f"cannot load dataset {label}: {first_line(error)}") from None
         raise
 
 
@@ -209,7 +205,7 @@ def _local_dataset(path: Path):
             return datasets.Dataset(pq.read_table(str(path)))
         return datasets.Dataset.from_file(str(path))
     except (FileNotFoundError, ValueError, OSError) as error:
-        raise PrunescopeError(f"cannot read dataset {str(path)!r}: {_first_line(error)}") from None
+        raise PrunescopeError(f"cannot read dataset {str(path)!r}: {first_line(error)}") from None
 
 
 def resolve(

@@ -7,6 +7,10 @@ before it runs and drop them after, so a forward pass holds one module's weights
 The behaviour metrics are the ordinary ones (`behaviour.compute_reference` / `compare`): the reference
 model is evaluated first with the same offload setup, its log-probabilities spilled to disk, and only then
 is the evaluated model loaded — never both at once.
+
+On a GPU (`--device cuda`, or `auto` where CUDA is): without `--max-memory`, accelerate sizes each device
+itself (the free memory of every GPU, then host RAM, then disk), so a model that fits on the GPU runs there
+whole; batches go to the device of the first module that runs (the input embedding's).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..device import choose_dtype, input_device, resolve_device
 from ..errors import PrunescopeError
-from ..models import check_weights, resolve_device, resolve_dtype, resolve_model
+from ..models import FALLBACK_CONTEXT, check_weights, context_length, resolve_model
 from .behaviour import Behaviour, compare, compute_reference
 from .corpus import make_batches
 from .datasets import check_source, resolve
@@ -29,41 +34,72 @@ from .protocols import default_protocol, describe
 
 
 class OffloadedModel(nn.Module):
-    """A dispatched model whose first parameter is a real CPU tensor.
+    """A dispatched model whose first parameter is an empty tensor on the device its inputs go to.
 
-    The behaviour functions send batches to `next(model.parameters()).device`; on a disk-offloaded model
-    that parameter may sit on the meta device. accelerate's hooks move inputs to each module's execution
-    device anyway, so an empty CPU anchor is the right answer.
+    The behaviour functions send batches to `next(model.parameters()).device`; on a dispatched model that
+    parameter may sit on the meta device (offloaded to disk) or on another device than the embedding, and
+    a model that fits on one GPU is moved there whole without hooks to move its inputs. The anchor sits
+    where the first module runs (`device.input_device`), so batches land there.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, device: torch.device | None = None) -> None:
         super().__init__()
-        self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+        device = input_device(model) if device is None else device
+        self.anchor = nn.Parameter(torch.empty(0, device=device), requires_grad=False)
         self.model = model
         self.config = model.config
+        self.dtype_reason = ""
 
     def forward(self, **kwargs):
         return self.model(**kwargs)
 
 
-def max_memory_map(max_memory: int) -> dict:
-    """The same cap for every accelerator present and for the CPU; the rest goes to disk."""
-    limits: dict = {i: max_memory for i in range(torch.cuda.device_count())}
-    limits["cpu"] = max_memory
-    return limits
+def max_memory_map(max_memory: int | None, device: torch.device | str = "cpu") -> dict | None:
+    """The memory budget of each device accelerate may use for `device`; what does not fit goes to disk.
+
+    An explicit `max_memory` (bytes) caps each of them alike: the GPU(s) `device` names (`cuda` = all of
+    them, `cuda:1` = that one), MPS, and the CPU. None is accelerate's own budget per device (its free
+    memory on each GPU, the available host RAM), restricted to those devices; for plain `cuda` it is None
+    itself, and accelerate balances over every GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        gpus = [device.index] if device.index is not None else list(range(torch.cuda.device_count()))
+        keys: list = [*gpus, "cpu"]
+    elif device.type == "mps":
+        keys = ["mps", "cpu"]
+    else:
+        keys = ["cpu"]
+    if max_memory is not None:
+        return dict.fromkeys(keys, max_memory)
+    if device.type == "cuda" and device.index is None:
+        return None
+    from accelerate.utils import get_max_memory
+
+    available = get_max_memory()
+    return {key: available[key] for key in keys if key in available}
 
 
-def load_offloaded(path: str | Path, max_memory: int, offload_folder: str | Path, dtype: str = "auto"):
-    """(OffloadedModel, device_map summary) for the causal LM at `path`."""
-    from transformers import AutoModelForCausalLM
+def load_offloaded(
+    path: str | Path,
+    max_memory: int | None,
+    offload_folder: str | Path,
+    dtype: str = "auto",
+    device: str | torch.device = "auto",
+):
+    """(OffloadedModel, device_map summary) for the causal LM at `path`, placed for `device`.
 
-    resolved = resolve_dtype(dtype, resolve_device("auto"))
+    The model's `dtype_reason` says why it runs in its dtype (device.choose_dtype)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    resolved_device = resolve_device(device)
     try:
+        config = AutoConfig.from_pretrained(path) if dtype == "auto" else None
+        resolved, reason = choose_dtype(dtype, resolved_device, config)
         model = AutoModelForCausalLM.from_pretrained(
             path,
             dtype=resolved,
             device_map="auto",
-            max_memory=max_memory_map(max_memory),
+            max_memory=max_memory_map(max_memory, resolved_device),
             offload_folder=str(offload_folder),
         )
     except (OSError, ValueError) as error:
@@ -73,9 +109,12 @@ def load_offloaded(path: str | Path, max_memory: int, offload_folder: str | Path
     model.eval()
     model.requires_grad_(False)
     placement: dict[str, int] = {}
-    for device in getattr(model, "hf_device_map", {"": "cpu"}).values():
-        placement[str(device)] = placement.get(str(device), 0) + 1
-    return OffloadedModel(model), placement
+    for where in getattr(model, "hf_device_map", {"": "cpu"}).values():
+        name = f"cuda:{where}" if isinstance(where, int) else str(where)
+        placement[name] = placement.get(name, 0) + 1
+    wrapped = OffloadedModel(model)
+    wrapped.dtype_reason = reason
+    return wrapped, placement
 
 
 @dataclass
@@ -89,6 +128,8 @@ class OffloadEvaluation:
     protocol: dict = field(default_factory=dict)  # perplexity protocol facts and its extra perplexities
     tasks: list[dict] = field(default_factory=list)  # --tasks: lm-eval rows of "reference" and "model"
     tasks_info: dict = field(default_factory=dict)  # lm-eval's and each task's version
+    device: str = ""  # where the inputs went (the first module's device), e.g. cuda:0
+    dtype_reason: str = ""  # device.choose_dtype's one line, e.g. "float32: CPU (...)"
 
     @property
     def protocol_line(self) -> str:
@@ -103,6 +144,8 @@ class OffloadEvaluation:
             "behaviour": self.behaviour.as_dict(),
             "reference_behaviour": self.reference_behaviour.as_dict() if self.reference_behaviour else None,
             "placement": self.placement,
+            "device": self.device,
+            "dtype_reason": self.dtype_reason,
             "windows": self.windows,
             **({"tasks": self.tasks, "tasks_info": self.tasks_info} if self.tasks_info else {}),
         }
@@ -111,19 +154,14 @@ class OffloadEvaluation:
 def _context_length(path: str | Path) -> int:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
-    for key in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
+    return context_length(AutoConfig.from_pretrained(path), FALLBACK_CONTEXT)
 
 
 @torch.no_grad()
 def evaluate_offloaded(
     model: str | Path,
     reference: str | Path | None = None,
-    max_memory: int = 2 * 10**9,
+    max_memory: int | None = None,
     offload_folder: str | Path | None = None,
     corpus: str | None = None,
     seqlen: int | None = None,
@@ -134,11 +172,18 @@ def evaluate_offloaded(
     text_column: str | None = None,
     ppl_protocol: str | None = None,
     tasks=None,
+    device: str = "auto",
 ) -> OffloadEvaluation:
     """Perplexity of `model`, plus top-1/top-5/KL against `reference` when one is given.
 
-    `tasks` (an `evaluation.tasks.TaskSuite`) also scores each loaded model, offloaded as it is."""
+    `max_memory` (bytes per device; None: accelerate's own budget) and `device` (auto: CUDA, then MPS,
+    then CPU) place each model in turn. `tasks` (an `evaluation.tasks.TaskSuite`) also scores each loaded
+    model, offloaded as it is."""
     from transformers import AutoTokenizer
+
+    resolved_device = resolve_device(device)  # an unknown or absent device fails before anything loads
+    if dtype != "auto":
+        choose_dtype(dtype, resolved_device)  # so does an unknown dtype
 
     # `demo`, a local folder or a hub id, read as every command reads them; `name` picks the default corpus.
     name, reference_name = str(model), str(reference) if reference is not None else None
@@ -174,7 +219,7 @@ def evaluate_offloaded(
         stored = None
         if reference is not None:
             ref_model, placement["reference"] = load_offloaded(
-                reference, max_memory, folder / "reference", dtype
+                reference, max_memory, folder / "reference", dtype, resolved_device
             )
             stored, reference_behaviour = compute_reference(
                 ref_model, batches, Path(scratch) / "logprobs", progress=progress
@@ -184,7 +229,10 @@ def evaluate_offloaded(
                 tasks.release()
             del ref_model
             gc.collect()
-        evaluated, placement["model"] = load_offloaded(model, max_memory, folder / "model", dtype)
+        evaluated, placement["model"] = load_offloaded(
+            model, max_memory, folder / "model", dtype, resolved_device
+        )
+        inputs_on, dtype_reason = str(next(evaluated.parameters()).device), evaluated.dtype_reason
         if stored is not None:
             behaviour = compare(evaluated, batches, stored, "evaluated", progress=progress)
         else:
@@ -209,4 +257,6 @@ def evaluate_offloaded(
         },
         task_rows,
         tasks.describe() if tasks is not None else {},
+        inputs_on,
+        dtype_reason,
     )

@@ -17,6 +17,13 @@ multiple-choice tasks); every table names it.
 
 lm-eval logs and draws progress bars on its own; `score` keeps them out of the terminal and leaves the
 caller's random generators as they were (``simple_evaluate`` seeds python, numpy and torch itself).
+
+**Flips** (Dutta et al. 2024, "Accuracy is not all you need"): `score` asks lm-eval for its per-document
+results (``log_samples=True``) and keeps, per task, whether each document was answered correctly under the
+task's main metric. The first variant scored as a baseline (``dense`` in a study or sweep, ``reference`` in
+`prunescope evaluate`) is kept; every later variant gets four more rows per task, paired with it on the same
+documents: ``flips`` = (b + c)/n, ``correct_to_wrong`` = b and ``wrong_to_correct`` = c (document counts),
+and ``mcnemar_p`` (exact two-sided McNemar test on b and c). The baseline's own rows are 0, 0, 0 and 1.
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import PrunescopeError
+from ..errors import PrunescopeError, first_line
+from .statistics import flips as paired_flips
 
 EXTRA_HINT = "pip install 'prunescope[tasks]'"
 TASK_COLUMNS = ["variant", "task", "metric", "value", "stderr", "n"]
 MAIN_METRICS = ("acc", "acc_norm")  # preferred when a task does not order its metric_list
+BASELINES = ("dense", "reference")  # variants every other variant's flips are counted against
+FLIP_METRICS = ("flips", "correct_to_wrong", "wrong_to_correct", "mcnemar_p")
 
 
 def demo_tasks_dir() -> Path:
@@ -79,11 +89,6 @@ def quiet() -> Iterator[io.StringIO]:
             logger.setLevel(level)
         random.setstate(py_state)
         np.random.set_state(np_state)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().strip("\"'") or type(error).__name__
-    return text.splitlines()[0]
 
 
 def _yaml_problems(paths: list[Path]) -> list[str]:
@@ -156,6 +161,9 @@ class TaskSuite:
     _manager: Any = field(default=None, repr=False)
     _lm: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
+    # Per task, document id -> correct under the main metric, of the baseline variant (flips).
+    baseline: dict[str, dict[Any, bool]] | None = field(default=None, repr=False)
+    documents: dict[str, dict[str, dict[Any, bool]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def prepare(
@@ -226,7 +234,7 @@ class TaskSuite:
             try:
                 result = self._manager.load([name])
             except Exception as exc:  # noqa: BLE001 - lm-eval and datasets raise many kinds
-                message = _first_line(exc)
+                message = first_line(exc)
                 if isinstance(exc, ConnectionError) or ("offline" in message.lower() and _offline()):
                     raise PrunescopeError(
                         f"task {name!r} needs its data from the Hugging Face hub, which is offline here "
@@ -314,12 +322,12 @@ class TaskSuite:
                     num_fewshot=self.num_fewshot,
                     limit=self.limit,
                     task_manager=self._manager,
-                    log_samples=False,
+                    log_samples=True,  # per-document correctness, for flips
                 )
         except PrunescopeError:
             raise
         except Exception as exc:  # noqa: BLE001 - a task that loads but cannot run is still bad input
-            raise PrunescopeError(f"lm-eval failed on {', '.join(self.names)}: {_first_line(exc)}") from None
+            raise PrunescopeError(f"lm-eval failed on {', '.join(self.names)}: {first_line(exc)}") from None
         finally:
             model.train(was_training)
         if results is None:
@@ -327,8 +335,17 @@ class TaskSuite:
         return results
 
     def score(self, model: Any, tokenizer: Any, variant: str) -> list[dict]:
-        """Long-form rows (variant, task, metric, value, stderr, n) for the model as it is now."""
-        return result_rows(self.evaluate(model, tokenizer), variant)
+        """Long-form rows (variant, task, metric, value, stderr, n) for the model as it is now, and flip rows
+        against the baseline variant (see the module docstring)."""
+        results = self.evaluate(model, tokenizer)
+        rows = result_rows(results, variant)
+        correct = document_correctness(results, self.main_metrics())
+        self.documents[variant] = correct
+        if variant in BASELINES:
+            self.baseline = correct
+        if self.baseline is not None:
+            rows += flip_rows(self.baseline, correct, variant)
+        return rows
 
 
 def _number(value: Any) -> float | None:
@@ -365,9 +382,69 @@ def result_rows(results: dict, variant: str) -> list[dict]:
 
 
 def summary_columns(rows: list[dict], main_metrics: dict[str, str]) -> dict[str, float]:
-    """``task:<name>:<metric>`` -> value for the main metric of each task (one variant's rows)."""
+    """``task:<name>:<metric>`` -> value for the main metric of each task (one variant's rows), and
+    ``task:<name>:flips`` against the baseline when it was counted."""
     return {
         f"task:{row['task']}:{row['metric']}": row["value"]
         for row in rows
-        if main_metrics.get(row["task"]) == row["metric"]
+        if main_metrics.get(row["task"]) == row["metric"] or row["metric"] == "flips"
     }
+
+
+def _correct(value: Any) -> bool | None:
+    """A per-document value of a 0/1 metric as a bool; None for anything else (e.g. a perplexity)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    number = _number(value)
+    if number is None or number not in (0.0, 1.0):
+        return None
+    return number == 1.0
+
+
+def document_correctness(results: dict, main_metrics: dict[str, str]) -> dict[str, dict[Any, bool]]:
+    """Per task, lm-eval's per-document result of its main metric (``log_samples``): doc_id -> correct.
+
+    The samples of filter ``none`` are used (the one every multiple-choice task has), else the first filter
+    lm-eval logged. A task whose main metric is not 0/1 per document (e.g. a perplexity) has no entry.
+    """
+    correctness: dict[str, dict[Any, bool]] = {}
+    for task, samples in (results.get("samples") or {}).items():
+        metric = main_metrics.get(task)
+        if metric is None or not samples:
+            continue
+        filters = [sample.get("filter", "none") for sample in samples]
+        chosen = "none" if "none" in filters else filters[0]
+        documents: dict[Any, bool] = {}
+        for sample in samples:
+            if sample.get("filter", "none") != chosen or metric not in sample:
+                continue
+            value = _correct(sample[metric])
+            if value is None:
+                documents = {}
+                break
+            documents[sample.get("doc_id", len(documents))] = value
+        if documents:
+            correctness[task] = documents
+    return correctness
+
+
+def flip_rows(
+    baseline: dict[str, dict[Any, bool]], variant: dict[str, dict[Any, bool]], name: str
+) -> list[dict]:
+    """flips, correct_to_wrong, wrong_to_correct and mcnemar_p per task, on the documents both scored."""
+    rows = []
+    for task, documents in variant.items():
+        if task not in baseline:
+            continue
+        paired = paired_flips(baseline[task], documents)
+        values = {
+            "flips": paired.flips,
+            "correct_to_wrong": paired.correct_to_wrong,
+            "wrong_to_correct": paired.wrong_to_correct,
+            "mcnemar_p": paired.mcnemar_p,
+        }
+        rows += [
+            {"variant": name, "task": task, "metric": metric, "value": value, "stderr": None, "n": paired.n}
+            for metric, value in values.items()
+        ]
+    return rows

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import PrunescopeError
-from ..evaluation.behaviour import compare
 from ..pruning import prune, restore
-from .study import StudyConfig, Workbench, peak_rss_bytes
+from ..util.memory import peak_memory
+from .study import StudyConfig, Workbench
 
 UNITS = ("block", "projection", "module")
 ALL = "all"  # the projection (or block) column of a unit that spans every projection (or block)
@@ -102,7 +102,7 @@ def run_sensitivity(
         try:
             start = time.perf_counter()
             label = f"unit {index + 1}/{len(units)}: {unit.name}"
-            behaviour = compare(bench.model, bench.batches, bench.reference, label, progress)
+            behaviour = bench.evaluation.compare(bench.model, label, progress)
             seconds = time.perf_counter() - start
         finally:
             restore(bench.model, record)
@@ -128,12 +128,12 @@ def run_sensitivity(
     table = pd.DataFrame(rows)
     table["rank"] = table["kl_mean"].rank(ascending=False, method="first").astype(int)
     run = {
-        "config": asdict(config),
+        "config": {"base": config.base.asdict(), "by": config.by},
         "prune_spec": spec.describe(),
         **bench.run_info(),
         "dense": dense.as_dict(),
         "units": len(units),
         "timings_s": {**bench.timings, "units": time.perf_counter() - start_all},
-        "peak_rss_bytes": peak_rss_bytes(),
+        **peak_memory(),
     }
     return SensitivityResult(config, table, run)

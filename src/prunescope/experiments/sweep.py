@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,11 +23,18 @@ from ..errors import PrunescopeError
 from ..formats import FORMATS
 from ..pruning import Pattern
 from ..pruning.spec import ALLOCATIONS, REFINES
-from ..report.output import write_json
+from ..report.sweep_points import (
+    POINTS_FILE,
+    append_point,
+    read_points,
+    results_table,
+    save_point_allocation,
+    start_folder,
+)
+from ..util.memory import peak_rss_bytes
 from ..util.progress import make_progress
-from .study import StudyConfig, Workbench, parse_list, peak_rss_bytes, seed_dependent
-
-POINTS_FILE = "points.jsonl"
+from .quantize import check_twins, split_variant, with_twins
+from .study import StudyConfig, Workbench, parse_list, seed_dependent
 
 
 def parse_sparsities(text: str | list[float]) -> list[float]:
@@ -101,20 +107,19 @@ class SweepConfig:
     def spec(self, point: tuple[str, str, float], seqlen: int):
         method, pattern, sparsity = point
         method, extensions = parse_method_label(method)
-        config = StudyConfig(
-            **{
-                **asdict(self.base),
-                **extensions,
-                "method": method,
-                "pattern": pattern,
-                "sparsity": sparsity,
-                "variants": ["dense"],
-            }
+        config = self.base.replace(
+            **extensions, method=method, pattern=pattern, sparsity=sparsity, variants=["dense"]
         )
         return config.prune_spec(seqlen)
 
+    def asdict(self) -> dict:
+        return {**asdict(self), "base": self.base.asdict()}
+
     def fingerprint(self) -> str:
-        data = json.dumps(asdict(self), sort_keys=True, default=str)
+        described = self.asdict()
+        if not self.base.quant.quantize:  # without --quantize: the fingerprint of sweeps made before it
+            described["base"].pop("quant", None)
+        data = json.dumps(described, sort_keys=True, default=str)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -143,33 +148,10 @@ def point_key(method: str, pattern: str, sparsity: float, variant: str, seed: in
 
 def point_seeds(config: SweepConfig, point: tuple[str, str, float]) -> list[int | None]:
     """The seeds a point runs under: every --seeds seed for a seed-dependent method, else just one."""
-    seeds = config.base.seeds
+    seeds = config.base.run.seeds
     if len(seeds) > 1 and seed_dependent(config.spec(point, 256)):
         return list(seeds)
     return [None]
-
-
-def read_points(path: Path) -> list[dict]:
-    """Finished rows; a torn last line (killed mid-write) is cut off so the file stays append-only valid."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        with open(path, "r+b") as handle:
-            handle.truncate(keep)
-        data = data[:keep]
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-
-
-def append_point(path: Path, row: dict) -> None:
-    line = (json.dumps(row, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def prepare_folder(out: Path, config: SweepConfig, overwrite: bool) -> bool:
@@ -197,13 +179,6 @@ def prepare_folder(out: Path, config: SweepConfig, overwrite: bool) -> bool:
     return False
 
 
-def start_folder(out: Path, config: SweepConfig) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    write_json(out / "config.json", {"fingerprint": config.fingerprint(), "config": asdict(config)})
-
-
 def run_sweep(
     config: SweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True
 ) -> pd.DataFrame:
@@ -212,11 +187,14 @@ def run_sweep(
     resume = prepare_folder(out, config, overwrite)
     points_path = out / POINTS_FILE
     done = {row["key"] for row in read_points(points_path)} if resume else set()
+    # --quantize none,int8,int4: every variant and its quantized twins (masked+int8, ...) are rows.
+    all_variants = with_twins(config.variants, config.base.quant.quantize)
+    check_twins(all_variants, config.base.quant.quantize)
     todo = [
         (p, seed)
         for p in config.points()
         for seed in point_seeds(config, p)
-        if any(point_key(*p, v, seed) not in done for v in config.variants)
+        if any(point_key(*p, v, seed) not in done for v in all_variants)
     ]
     # Scratch (the spilled dense reference) lives beside OUT, so that OUT is only created once the model
     # and the corpus have loaded: a bad input leaves nothing behind.
@@ -244,15 +222,19 @@ def run_sweep(
                     spec = config.spec(point, bench.seqlen)
                     if seed is not None:
                         spec = dataclasses.replace(spec, seed=seed)
-                    variants = [v for v in config.variants if point_key(*point, v, seed) not in done]
+                    variants = [v for v in all_variants if point_key(*point, v, seed) not in done]
                     start = time.perf_counter()
                     speedups: dict[str, dict] = {}
 
                     def measure(record, variants=variants, speedups=speedups) -> None:
-                        speedups.update(layer_speedups(bench, record, variants))
+                        plain = [v for v in variants if split_variant(v)[1] is None]
+                        speedups.update(layer_speedups(bench, record, plain))
 
-                    results, timings = bench.evaluate(spec, variants, measure if config.latency else None)
+                    evaluated = bench.evaluate(spec, variants, measure if config.latency else None)
+                    results, timings = evaluated.variants, evaluated.timings
                     seconds = time.perf_counter() - start
+                    if evaluated.details.get("allocation"):  # this point's sparsities, for the heatmaps
+                        save_point_allocation(out, point, evaluated.details["allocation"], list(bench.layers))
                     for variant in variants:
                         result = results[variant]
                         append_point(
@@ -263,6 +245,7 @@ def run_sweep(
                                 "pattern": point[1],
                                 "target_sparsity": point[2],
                                 "variant": variant,
+                                "base_variant": split_variant(variant)[0],
                                 "scope": spec.effective_scope,
                                 "seed": spec.seed,
                                 **result.summary,
@@ -295,7 +278,8 @@ def layer_speedups(bench: Workbench, record, variants: list[str]) -> dict[str, d
 
     Layers of one shape are timed once and weighted by how many layers have that shape.
     """
-    from ..latency import LatencyConfig, TimingPolicy, latency_section
+    from ..latency import LatencyConfig, TimingPolicy
+    from .latency import latency_section
 
     config = LatencyConfig(
         tokens=[1, 64],
@@ -314,10 +298,6 @@ def layer_speedups(bench: Workbench, record, variants: list[str]) -> dict[str, d
                 measured = sum(r["median_s"] * r["layers_of_shape"] for r in chosen)
                 speedups.setdefault(variant, {})[f"layer_speedup_n{n}"] = dense / measured
     return speedups
-
-
-def results_table(out: Path) -> pd.DataFrame:
-    return pd.DataFrame(read_points(out / POINTS_FILE))
 
 
 class _NoProgress:

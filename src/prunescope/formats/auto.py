@@ -1,5 +1,8 @@
 """Per-layer `auto` format: measure dense / bitmask / csr16 on the real shape, token count and sparsity.
 
+On a CUDA device the candidates are the formats with a CUDA path (dense, bitmask, csr16, csr), timed with
+CUDA events, and "cold" flushes the GPU's L2 (see `hardware.timing`).
+
 Which format wins depends on things a formula gets wrong on a given machine (whether the weight stays in
 cache, memory bandwidth, n, the sparsity pattern), so each layer is timed with interleaved repeats and the
 fastest wins.  A sparse format must beat dense by `margin` to be chosen, so noise never makes a
@@ -12,18 +15,33 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import nn
 
 from ..errors import PrunescopeError
-from ..latency.machine import cache_flusher, llc_bytes
-from ..latency.timing import Candidate, TimingPolicy, check_cache_mode, cold_candidate, measure_interleaved
+from ..hardware.machine import cache_flusher, last_level_cache, tensor_bytes
+from ..hardware.timing import (
+    Candidate,
+    TimingPolicy,
+    check_cache_mode,
+    cold_candidate,
+    measure_interleaved,
+    timer_for,
+)
+from . import native
+from .base import SparseFormat
 from .bitmask import BitmaskLinear
+from .csr import CSRLinear
 from .csr16 import MAX_IN_FEATURES, CSR16Linear
 
 CANDIDATES = ("dense", "bitmask", "csr16")
+# On a GPU the native kernels' strengths (a register-expanded bitmask) do not apply, and cuSPARSE's CSR
+# is one more candidate: each runs its device-resident path and the timer decides.
+CUDA_CANDIDATES = ("dense", "bitmask", "csr16", "csr")
+KNOWN = tuple(dict.fromkeys(CANDIDATES + CUDA_CANDIDATES))
 # At the token counts after the first (prefill), a sparse choice must keep this fraction of dense's speed
 # on its own layer.  0.90, not 0.95: at 512 tokens bitmask panels and dense do the same GEMM, so a layer's
 # two timings tie within the noise of a shared machine, and a 0.95 bar rejected 36 of 84 layers of the
@@ -47,11 +65,21 @@ def _build(name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Mod
         return BitmaskLinear.from_dense(weight, bias)
     if name == "csr16":
         return CSR16Linear.from_dense(weight, bias) if weight.shape[1] <= MAX_IN_FEATURES else None
-    raise PrunescopeError(f"unknown auto candidate {name!r}; choose from {CANDIDATES}")
+    if name == "csr":
+        try:
+            return CSRLinear.from_dense(weight, bias)
+        except PrunescopeError:  # a dtype cuSPARSE lacks on this device: not a candidate
+            return None
+    raise PrunescopeError(f"unknown auto candidate {name!r}; choose from {KNOWN}")
+
+
+def default_candidates(device: torch.device | str) -> tuple[str, ...]:
+    """The candidates `auto` times on `device`: CUDA_CANDIDATES on CUDA, else CANDIDATES."""
+    return CUDA_CANDIDATES if torch.device(device).type == "cuda" else CANDIDATES
 
 
 def _nbytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return tensor_bytes([*module.parameters(), *module.buffers()])
 
 
 def _candidate(module: nn.Module, x: torch.Tensor, cache: str, llc: int) -> Candidate:
@@ -65,7 +93,8 @@ def _candidate(module: nn.Module, x: torch.Tensor, cache: str, llc: int) -> Cand
         return partial(made[-1], x)
 
     tensors = [*module.parameters(), *module.buffers()]
-    return cold_candidate(make, _nbytes(module), llc, cache_flusher(tensors, llc))
+    flush = cache_flusher(tensors, llc, native.flush_cache, device=x.device)
+    return cold_candidate(make, _nbytes(module), llc, flush)
 
 
 def _can_win(best: dict[str, float], margin: float) -> dict[str, float]:
@@ -100,7 +129,7 @@ def choose_format(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     n_tokens: int | Sequence[int] = 1,
-    candidates: Sequence[str] = CANDIDATES,
+    candidates: Sequence[str] | None = None,
     *,
     repeats: int = 7,
     margin: float = 0.03,
@@ -113,18 +142,21 @@ def choose_format(
     `n_tokens` may list several counts (decode first, e.g. ``(1, 64)``): the choice is the fastest at the
     first count among the candidates at least `keep` x dense's speed at the others, so a format that wins
     decode is not taken if it loses prefill.  `cache="cold"` (default) times every call on weights that
-    are in no cache, as decode reads them (see `latency.timing.cold_candidate`); "hot" repeats one copy.
+    are in no cache, as decode reads them (see `hardware.timing.cold_candidate`); "hot" repeats one copy.
+    `candidates` default to `default_candidates(weight.device)`; on CUDA they are timed with CUDA events.
 
     Returns a plain `nn.Linear` for "dense", else the sparse module, with `auto_choice` (its name),
     `auto_timings` (median seconds per call of every candidate at the first count), `auto_timings_min`,
     `auto_timings_by_n` ({n: {name: median}}; after the first count only dense and the candidates that
     beat it there by `margin`) and `auto_cache` set on it.
     """
+    if candidates is None:
+        candidates = default_candidates(weight.device)
     if not candidates:
         raise PrunescopeError("choose_format needs at least one candidate format")
     for name in candidates:
-        if name not in CANDIDATES:
-            raise PrunescopeError(f"unknown auto candidate {name!r}; choose from {CANDIDATES}")
+        if name not in KNOWN:
+            raise PrunescopeError(f"unknown auto candidate {name!r}; choose from {KNOWN}")
     cache = check_cache_mode(cache)
     tokens = [n_tokens] if isinstance(n_tokens, int) else list(dict.fromkeys(n_tokens))
     if not tokens or any(n < 1 for n in tokens):
@@ -135,7 +167,8 @@ def choose_format(
         module = _build(name, weight, bias)
         if module is not None:  # csr16 cannot hold layers wider than 65536 inputs
             modules[name] = module
-    llc = llc_bytes()
+    llc = last_level_cache(weight.device)
+    timer = timer_for(weight.device)
     g = torch.Generator(device=weight.device).manual_seed(seed)
     policy = TimingPolicy.rounds(repeats)
     medians: dict[int, dict[str, float]] = {}
@@ -143,7 +176,8 @@ def choose_format(
     running = dict(modules)
     for n in tokens:
         x = torch.randn(n, weight.shape[1], generator=g, device=weight.device).to(weight.dtype)
-        measured = measure_interleaved({k: _candidate(m, x, cache, llc) for k, m in running.items()}, policy)
+        candidates_now = {k: _candidate(m, x, cache, llc) for k, m in running.items()}
+        measured = measure_interleaved(candidates_now, policy, timer=timer)
         medians[n] = {k: t.median for k, t in measured.items()}
         # Decide on the minimum: other processes only ever add time, so on a shared machine the fastest
         # sample is the best estimate of a layer's own cost (the medians are recorded too).
@@ -160,25 +194,38 @@ def choose_format(
     return module
 
 
-class AutoFormat:
-    """The `auto` entry of the format registry: per layer, the fastest of dense / bitmask / csr16.
+@dataclass(frozen=True)
+class AutoOptions:
+    """Token counts each layer is timed at (decode first, then a prefill size the choice must not lose
+    at: KEEP x dense's speed) and the cache state of the timing ("cold" or "hot")."""
+
+    n_tokens: tuple[int, ...] = (1, 64)
+    cache: str = "cold"
+
+    def __post_init__(self) -> None:
+        tokens = (self.n_tokens,) if isinstance(self.n_tokens, int) else tuple(self.n_tokens)
+        if not tokens or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in tokens):
+            raise PrunescopeError(f"auto needs token counts >= 1, got {self.n_tokens!r}")
+        object.__setattr__(self, "n_tokens", tokens)
+        object.__setattr__(self, "cache", check_cache_mode(self.cache))
+
+
+class AutoFormat(SparseFormat):
+    """The `auto` entry of the format registry: per layer, the fastest of the candidates on its device.
 
     `from_dense` measures the candidates on the layer's own weight, cold cache, at `n_tokens` input rows
     (default 1 and 64: the decode case a sparse format can win, and a prefill it must not lose) and returns
     that module; a dense winner is wrapped in `DenseLinear` so every converted layer reverts, and is
-    accounted, the same way.
+    accounted, the same way.  It is a factory: the modules it returns are of the chosen format.
     """
 
     format_name = "auto"
-    # Decode first, then a prefill size the choice must not lose at (KEEP x dense's speed): a layer that
-    # only wins decode by losing prefill stays dense.  `prunescope bench --auto-tokens` sets other counts.
-    n_tokens: int | tuple[int, ...] = (1, 64)
-    cache = "cold"
+    Options = AutoOptions
 
     @classmethod
-    def check_support(cls, dtype: torch.dtype, device: torch.device) -> None:
-        from .bitmask import BitmaskLinear
-
+    def check_support(cls, dtype: torch.dtype, device: torch.device | str) -> None:
+        # dense is always a candidate: auto runs wherever bitmask's dtypes do (bitmask has a path on
+        # every device with data).
         BitmaskLinear.check_support(dtype, device)
 
     @classmethod
@@ -186,12 +233,13 @@ class AutoFormat:
         cls,
         weight: torch.Tensor,
         bias: torch.Tensor | None = None,
-        n_tokens: int | Sequence[int] | None = None,
-        cache: str | None = None,
+        n_tokens: int | Sequence[int] = AutoOptions.n_tokens,
+        cache: str = AutoOptions.cache,
     ):
         from .dense import DenseLinear
 
-        chosen = choose_format(weight, bias, n_tokens or cls.n_tokens, cache=cache or cls.cache)
+        cls.check_support(weight.dtype, weight.device)
+        chosen = choose_format(weight, bias, n_tokens, cache=cache)
         if not isinstance(chosen, DenseLinear) and isinstance(chosen, nn.Linear):
             names = ("auto_choice", "auto_timings", "auto_timings_min", "auto_timings_by_n", "auto_cache")
             timings = {k: getattr(chosen, k) for k in names}

@@ -12,23 +12,38 @@ Layout (all buffers, so `.to()` and `state_dict` carry them):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
-import torch.nn.functional as F
 
 from ..errors import PrunescopeError
-from . import native
+from . import expand, native
 from .base import SparseLinear
 
-_BITS = torch.arange(16, dtype=torch.int32)
+# bit j of an int16 word as an int16 (bit 15 is the sign bit): `word & POWERS[j] != 0` tests it without
+# widening the mask to int32.
+_POWERS = torch.tensor([1 << j if j < 15 else -(1 << 15) for j in range(16)], dtype=torch.int16)
+_POWERS_ON: dict[str, torch.Tensor] = {"cpu": _POWERS}
 _PACK_ROWS = 1024  # rows packed at a time: bounds the int32 scratch of a 11008 x 4096 weight
 
 
-def pack_mask(nonzero: torch.Tensor) -> torch.Tensor:
-    """(out, in) bool -> (out, ceil(in / 16)) int16 words, bit j of word w = column 16 * w + j."""
+def _powers(device: torch.device) -> torch.Tensor:
+    """The 16 bit values on `device`, copied there once per process, not per call."""
+    key = str(device)
+    if key not in _POWERS_ON:
+        _POWERS_ON[key] = _POWERS.to(device)
+    return _POWERS_ON[key]
+
+
+def pack_bitmask(nonzero: torch.Tensor) -> torch.Tensor:
+    """(out, in) bool -> (out, ceil(in / 16)) int16 words, bit j of word w = column 16 * w + j.
+
+    (Not `pruning.record.pack_mask`, which packs a whole mask into uint8 bytes for the undo record.)"""
     out, in_features = nonzero.shape
     words = (in_features + 15) // 16
     packed = torch.empty(out, words, dtype=torch.int16, device=nonzero.device)
-    bits = _BITS.to(nonzero.device)
+    bits = torch.arange(16, dtype=torch.int32, device=nonzero.device)
     for r0 in range(0, out, _PACK_ROWS):
         chunk = nonzero[r0 : r0 + _PACK_ROWS]
         padded = torch.zeros(chunk.shape[0], words * 16, dtype=torch.int32, device=nonzero.device)
@@ -38,11 +53,10 @@ def pack_mask(nonzero: torch.Tensor) -> torch.Tensor:
     return packed
 
 
-def unpack_mask(mask: torch.Tensor, in_features: int) -> torch.Tensor:
-    """Inverse of `pack_mask`: (out, in) bool."""
-    words = (mask.to(torch.int32) & 0xFFFF).unsqueeze(-1)
-    bits = (words >> _BITS.to(mask.device)) & 1
-    return bits.reshape(mask.shape[0], -1)[:, :in_features].bool()
+def unpack_bitmask(mask: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Inverse of `pack_bitmask`: (out, in) bool, on the mask's device."""
+    bits = (mask.unsqueeze(-1) & _powers(mask.device)) != 0
+    return bits.reshape(mask.shape[0], -1)[:, :in_features]
 
 
 def _check_weight(weight: torch.Tensor) -> None:
@@ -52,89 +66,171 @@ def _check_weight(weight: torch.Tensor) -> None:
         raise PrunescopeError(f"unsupported weight dtype {weight.dtype}; use float32, bfloat16 or float16")
 
 
-def _linear_torch(x: torch.Tensor, dense: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return F.linear(x.float(), dense.float(), None if bias is None else bias.float())
+def _fill_bitmask(values: torch.Tensor, mask: torch.Tensor, in_features: int):
+    def fill(tile: torch.Tensor, r0: int, r1: int, v0: int, v1: int) -> None:
+        tile.zero_()
+        tile.masked_scatter_(unpack_bitmask(mask[r0:r1], in_features), values[v0:v1].to(tile.dtype))
+
+    return fill
 
 
-def _bitmask_linear_impl(
+def bitmask_torch(
     x: torch.Tensor,
     values: torch.Tensor,
     mask: torch.Tensor,
-    row_offsets: torch.Tensor,
     bias: torch.Tensor | None,
     in_features: int,
-    kernel: str,
+    blocks: tuple | None = None,
 ) -> torch.Tensor:
-    """(n, in) x -> (n, out) float32. `kernel` "" means `$PRUNESCOPE_KERNEL` or the best path."""
-    name = native.resolve_kernel(kernel or None)
-    if name == "torch":
-        native.check_cpu(x, values, bias)
-        dense = torch.zeros(mask.shape[0], in_features, dtype=values.dtype)
-        dense[unpack_mask(mask, in_features)] = values
-        return _linear_torch(x, dense, bias)
-    return native.bitmask_matmul(x, values, mask, row_offsets, bias, in_features, name)
+    """The pure-torch path on any device (see `formats.expand`); `blocks` None expands all rows at once."""
+    out = mask.shape[0]
+    blocks = blocks if blocks is not None else ((0, out, 0, values.numel()),)
+    fill = _fill_bitmask(values, mask, in_features)
+    return expand.tiled_linear(x, bias, blocks, out, in_features, expand.compute_dtype(values), fill)
 
 
-bitmask_linear = torch.library.custom_op(
-    "prunescope::bitmask_linear",
-    mutates_args=(),
-    schema="(Tensor x, Tensor values, Tensor mask, Tensor row_offsets, Tensor? bias, int in_features, "
-    "str kernel) -> Tensor",
-)(_bitmask_linear_impl)
+def row_offsets_of(nonzero: torch.Tensor) -> torch.Tensor:
+    """(out + 1,) int64 index of each row's first stored value, for values packed row-major from `nonzero`."""
+    row_offsets = torch.zeros(nonzero.shape[0] + 1, dtype=torch.int64, device=nonzero.device)
+    row_offsets[1:] = nonzero.sum(1).cumsum(0)
+    return row_offsets
 
 
-@bitmask_linear.register_fake
-def _(x, values, mask, row_offsets, bias, in_features, kernel):
-    return x.new_empty((x.shape[0], row_offsets.shape[0] - 1), dtype=torch.float32)
+def native_linear_impl(torch_path, native_path):
+    """The body of a row-offset format's custom op: (n, in) x -> (n, out) float32. `kernel` "" means
+    `$PRUNESCOPE_KERNEL` or the best path; tensors off the CPU always take the torch path. Both paths take
+    (x, values, index, row_offsets, bias, in_features), the native one the resolved kernel too."""
+
+    def impl(x, values, index, row_offsets, bias, in_features: int, kernel: str) -> torch.Tensor:
+        name = native.resolve_kernel(kernel or None) if values.is_cpu else "torch"
+        if name == "torch":
+            return torch_path(x, values, index, row_offsets, bias, in_features).float()
+        return native_path(x, values, index, row_offsets, bias, in_features, name)
+
+    return impl
 
 
-class BitmaskLinear(SparseLinear):
-    """A Linear whose pruned weight is stored as a per-row bitmask plus packed non-zeros (CPU kernels).
+def native_linear_op(name: str, index: str, impl):
+    """`impl` as the custom op `prunescope::<name>`, whose index buffer (mask, col_indices) is `index`."""
+    op = torch.library.custom_op(
+        f"prunescope::{name}",
+        mutates_args=(),
+        schema=f"(Tensor x, Tensor values, Tensor {index}, Tensor row_offsets, Tensor? bias, "
+        "int in_features, str kernel) -> Tensor",
+    )(impl)
 
-    `kernel` pins a path ("avx512", "avx2", "scalar", "torch"); None defers to `$PRUNESCOPE_KERNEL` or the
-    best one available, decided at each call.  The output has the input's dtype; accumulation is float32.
-    """
+    @op.register_fake
+    def _(x, values, index, row_offsets, bias, in_features, kernel):
+        return x.new_empty((x.shape[0], row_offsets.shape[0] - 1), dtype=torch.float32)
 
-    format_name = "bitmask"
+    return op
+
+
+_bitmask_linear_impl = native_linear_impl(
+    lambda x, values, mask, _offsets, bias, in_features: bitmask_torch(x, values, mask, bias, in_features),
+    native.bitmask_matmul,
+)
+bitmask_linear = native_linear_op("bitmask_linear", "mask", _bitmask_linear_impl)
+
+
+@dataclass(frozen=True)
+class NativeOptions:
+    """`kernel` pins a CPU path ("avx512", "avx2", "scalar", or "torch": the device-resident path every
+    other device runs); None defers to `$PRUNESCOPE_KERNEL` or the best one available, at each call."""
+
+    kernel: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernel is not None and self.kernel.strip().lower() not in native.KERNELS:
+            raise PrunescopeError(f"unknown kernel {self.kernel!r}; choose one of {native.KERNELS}")
+
+
+class NativeFormat:
+    """What the formats the native CPU kernels run share (mixed in before `SparseLinear`): the `kernel`
+    option, where they run, and `from_dense`'s checks before the format's own `_from_weight`."""
+
+    Options = NativeOptions
+
+    @classmethod
+    def check_support(cls, dtype: torch.dtype, device: torch.device | str) -> None:
+        native.check_support(cls.format_name, dtype, device)
+
+    @classmethod
+    @torch.no_grad()
+    def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel: str | None = None):
+        _check_weight(weight)
+        cls.check_support(weight.dtype, weight.device)
+        return cls._from_weight(weight.detach(), bias, kernel)
+
+    @classmethod
+    def _from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str | None):
+        """`from_dense` of a checked, detached weight."""
+        raise NotImplementedError
+
+
+def _reloaded(module: BufferedSparseLinear, _incompatible_keys) -> None:
+    module._buffers_changed()  # load_state_dict copies into the buffers in place: new offsets, new blocks
+
+
+class BufferedSparseLinear(NativeFormat, SparseLinear):
+    """What bitmask and csr16 share: `values` / `row_offsets` buffers, native CPU kernels, the torch path
+    elsewhere, and buffers validated once (at construction, after `.to()` / `_apply` and after
+    `load_state_dict`), so a call only checks its input."""
+
+    index_name: ClassVar[str] = ""  # the buffer that places the values in their rows: "mask", "col_indices"
 
     def __init__(
         self,
         values: torch.Tensor,
-        mask: torch.Tensor,
+        index: torch.Tensor,
         row_offsets: torch.Tensor,
         in_features: int,
         bias: torch.Tensor | None = None,
         kernel: str | None = None,
     ) -> None:
-        super().__init__(in_features, mask.shape[0], bias)
-        self.register_buffer("values", values)
-        self.register_buffer("mask", mask)
-        self.register_buffer("row_offsets", row_offsets)
+        super().__init__(in_features, row_offsets.numel() - 1, bias)
         self.kernel = kernel
+        self.register_load_state_dict_post_hook(_reloaded)
+        self.register_buffer("values", values)
+        self.register_buffer(self.index_name, index)
+        self.register_buffer("row_offsets", row_offsets)
+        self._buffers_changed()
 
-    @classmethod
-    def check_support(cls, dtype: torch.dtype, device: torch.device) -> None:
-        native.check_support(cls.format_name, dtype, device)
+    @property
+    def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.values, self._buffers[self.index_name], self.row_offsets
 
-    @classmethod
-    @torch.no_grad()
-    def from_dense(
-        cls, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel: str | None = None
-    ) -> BitmaskLinear:
-        _check_weight(weight)
-        weight = weight.detach()
-        nonzero = weight != 0
-        row_offsets = torch.zeros(weight.shape[0] + 1, dtype=torch.int64, device=weight.device)
-        row_offsets[1:] = nonzero.sum(1).cumsum(0)
-        values = weight[nonzero].contiguous()  # boolean indexing walks row-major: rows stay packed in order
-        return cls(values, pack_mask(nonzero), row_offsets, weight.shape[1], bias, kernel)
+    def _check_buffers(self) -> None:
+        """Format-specific checks of the index and offsets buffers."""
+        raise NotImplementedError
 
-    def to_dense(self) -> torch.Tensor:
-        dense = torch.zeros(
-            self.out_features, self.in_features, dtype=self.values.dtype, device=self.values.device
-        )
-        dense[unpack_mask(self.mask, self.in_features)] = self.values
-        return dense
+    def _buffers_changed(self) -> None:
+        """Validate the buffers and cache what every call needs: tile blocks, CPU or not, float32 bias."""
+        if self.values.dtype not in native.DTYPE_CODES:
+            raise PrunescopeError(
+                f"unsupported weight dtype {self.values.dtype}; use float32, bfloat16 or float16"
+            )
+        for name, t in self._buffers.items():
+            if t is not None and not t.is_contiguous():
+                self._buffers[name] = t.contiguous()
+        self._check_buffers()
+        if len({t.device for t in self._layout}) != 1:
+            raise PrunescopeError(f"{self.format_name} buffers must be on one device")
+        self._on_cpu = self.values.is_cpu
+        elsize = torch.empty((), dtype=expand.compute_dtype(self.values)).element_size()
+        self._blocks = expand.row_blocks(self.row_offsets, self.in_features, elsize)
+        bias = self.bias
+        self._bias32 = None if bias is None else bias.detach().float().contiguous()
+
+    def _apply(self, fn, recurse: bool = True):
+        module = super()._apply(fn, recurse)
+        self._buffers_changed()
+        return module
+
+    @property
+    def path(self) -> str:
+        """The path a call takes now: a native ISA on CPU (or "torch" when forced), "torch" elsewhere."""
+        return native.resolve_kernel(self.kernel) if self._on_cpu else "torch"
 
     @property
     def nnz(self) -> int:
@@ -144,28 +240,73 @@ class BitmaskLinear(SparseLinear):
     def dtype(self) -> torch.dtype:
         return self.values.dtype
 
-    def flops_per_token(self) -> int:
-        # "Load sparse, compute dense": the kernel expands each 16-weight chunk, zeros included, and
-        # multiplies all of it. It saves memory traffic, not arithmetic.
-        return 2 * self.in_features * self.out_features
-
     def weight_bytes(self) -> dict[str, int]:
-        return {
-            name: t.numel() * t.element_size()
-            for name, t in (("values", self.values), ("mask", self.mask), ("row_offsets", self.row_offsets))
-        }
+        return self.buffer_bytes("values", self.index_name, "row_offsets")
+
+    def _torch(self, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def _native_matmul(
+        x, values, index, row_offsets, bias, in_features, kernel, checked=False
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def _linear_op(x, values, index, row_offsets, bias, in_features, kernel) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _native(self, x2: torch.Tensor, kernel: str) -> torch.Tensor:
+        return self._native_matmul(x2, *self._layout, self._bias32, self.in_features, kernel, checked=True)
+
+    def _op(self, x2: torch.Tensor) -> torch.Tensor:
+        return self._linear_op(x2, *self._layout, self.bias, self.in_features, self.kernel or "")
+
+    def _run(self, x2: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._op(x2)  # compiled graphs call the custom op, which checks everything itself
+        # Eager calls skip the custom-op dispatcher (tens of microseconds a call).
+        path = self.path
+        return self._torch(x2) if path == "torch" else self._native(x2, path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (x.is_cpu and self.values.is_cpu):
-            native.check_cpu(x, self.values)
-        if x.shape[-1] != self.in_features:
-            raise PrunescopeError(
-                f"expected last dim {self.in_features}, got input of shape {tuple(x.shape)}"
-            )
-        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        args = (x2, self.values, self.mask, self.row_offsets, self.bias, self.in_features, self.kernel or "")
-        # Eager calls skip the custom-op dispatcher (tens of microseconds a call); compiled graphs use the op.
-        y = bitmask_linear(*args) if torch.compiler.is_compiling() else _bitmask_linear_impl(*args)
-        if y.dtype != x.dtype:
-            y = y.to(x.dtype)
-        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+        return self.rows_forward(x, self._run)
+
+
+class BitmaskLinear(BufferedSparseLinear):
+    """A Linear whose pruned weight is stored as a per-row bitmask plus packed non-zeros.
+
+    On CPU the native kernels run (`kernel` pins a path, see `NativeOptions`); on any other device, or
+    with `kernel="torch"`, the pure-torch path (`formats.expand`).  The output has the input's dtype;
+    accumulation is float32 on CPU.
+    """
+
+    format_name = "bitmask"
+    index_name = "mask"
+    _native_matmul = staticmethod(native.bitmask_matmul)
+    _linear_op = staticmethod(bitmask_linear)
+
+    def _check_buffers(self) -> None:
+        native.check_bitmask_buffers(self.mask, self.row_offsets, self.in_features)
+
+    @classmethod
+    def _from_weight(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None, kernel: str | None
+    ) -> BitmaskLinear:
+        nonzero = weight != 0
+        values = weight[nonzero].contiguous()  # boolean indexing walks row-major: rows stay packed in order
+        return cls(values, pack_bitmask(nonzero), row_offsets_of(nonzero), weight.shape[1], bias, kernel)
+
+    def to_dense(self) -> torch.Tensor:
+        dense = torch.zeros(
+            self.out_features, self.in_features, dtype=self.values.dtype, device=self.values.device
+        )
+        return dense.masked_scatter_(unpack_bitmask(self.mask, self.in_features), self.values)
+
+    def flops_per_token(self) -> int:
+        # "Load sparse, compute dense": the kernel expands each 16-weight chunk, zeros included, and
+        # multiplies all of it (the torch path expands whole rows). It saves memory traffic, not arithmetic.
+        return 2 * self.in_features * self.out_features
+
+    def _torch(self, x2: torch.Tensor) -> torch.Tensor:
+        return bitmask_torch(x2, self.values, self.mask, self.bias, self.in_features, self._blocks)

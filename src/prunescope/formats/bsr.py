@@ -9,27 +9,33 @@ only when pruning left whole blocks empty.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import PrunescopeError
-from .csr import CompressedRowLinear, check_matmul
+from .csr import INT32_MAX, CompressedRowLinear, check_matmul, quiet_sparse
 
 DEFAULT_BLOCK_SIZE = 16
-# int32 indices, as for CSR: smaller and, on CPU, faster; int64 only when a count would overflow.
-_INT32_MAX = 2**31 - 1
 
 
-def _quiet_sparse_bsr(*args, **kwargs) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Sparse BSR tensor support is in beta.*")
-        warnings.filterwarnings("ignore", message=".*Sparse invariant checks.*")
-        return torch.sparse_bsr_tensor(*args, **kwargs)
+def _check_block_size(block_size: int) -> None:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise PrunescopeError(f"BSR block size must be an integer >= 1, got {block_size!r}")
+
+
+@dataclass(frozen=True)
+class BSROptions:
+    """Square blocks of `block_size` x `block_size` weights; it must divide both weight dimensions."""
+
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    def __post_init__(self) -> None:
+        _check_block_size(self.block_size)
 
 
 def _check_blocks(shape: tuple[int, int], block_size: int) -> None:
-    if block_size < 1:
-        raise PrunescopeError(f"BSR block size must be >= 1, got {block_size}")
+    _check_block_size(block_size)
     out_features, in_features = shape
     if out_features % block_size or in_features % block_size:
         raise PrunescopeError(
@@ -41,12 +47,14 @@ class BSRLinear(CompressedRowLinear):
     """A Linear whose (out, in) weight is a torch sparse BSR tensor."""
 
     format_name = "bsr"
+    Options = BSROptions
 
     @classmethod
     def check_support(cls, dtype: torch.dtype, device: torch.device | str) -> None:
         """Raise a clear error when this backend cannot multiply a BSR matrix of `dtype`."""
         device = torch.device(device)
-        probe = _quiet_sparse_bsr(
+        probe = quiet_sparse(
+            torch.sparse_bsr_tensor,
             torch.tensor([0, 1], dtype=torch.int32),
             torch.tensor([0], dtype=torch.int32),
             torch.ones(1, 16, 16, dtype=dtype),
@@ -66,10 +74,10 @@ class BSRLinear(CompressedRowLinear):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Sparse BSR tensor support is in beta.*")
             bsr = weight.detach().to_sparse_bsr((block_size, block_size))
-        index_dtype = (
-            torch.int32 if max(weight.shape + (bsr.values().numel(),)) <= _INT32_MAX else torch.int64
-        )
-        weight_bsr = _quiet_sparse_bsr(
+        # int32 indices, as for CSR: smaller and, on CPU, faster; int64 only when a count would overflow.
+        index_dtype = torch.int32 if max(weight.shape + (bsr.values().numel(),)) <= INT32_MAX else torch.int64
+        weight_bsr = quiet_sparse(
+            torch.sparse_bsr_tensor,
             bsr.crow_indices().to(index_dtype),
             bsr.col_indices().to(index_dtype),
             bsr.values(),

@@ -6,19 +6,20 @@ import warnings
 
 import torch
 
-from ..errors import PrunescopeError
+from ..errors import PrunescopeError, first_line
 from .base import SparseLinear
 
 # Measured here: int32 indices make torch's CPU CSR matmul 2-4x faster than the default int64, and halve
 # the index bytes. int64 is kept only when a dimension would overflow int32.
-_INT32_MAX = 2**31 - 1
+INT32_MAX = 2**31 - 1
 
 
-def _quiet_sparse_csr(*args, **kwargs) -> torch.Tensor:
+def quiet_sparse(constructor, *args, **kwargs) -> torch.Tensor:
+    """`constructor` (torch.sparse_csr_tensor, torch.sparse_bsr_tensor) without its beta warnings."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        warnings.filterwarnings("ignore", message=".*Sparse (CSR|BSR) tensor support is in beta.*")
         warnings.filterwarnings("ignore", message=".*Sparse invariant checks.*")
-        return torch.sparse_csr_tensor(*args, **kwargs)
+        return constructor(*args, **kwargs)
 
 
 def check_matmul(label: str, probe: torch.Tensor, rhs: torch.Tensor) -> None:
@@ -28,7 +29,7 @@ def check_matmul(label: str, probe: torch.Tensor, rhs: torch.Tensor) -> None:
     except (RuntimeError, NotImplementedError) as error:
         raise PrunescopeError(
             f"torch {label} matmul does not support {str(probe.dtype).removeprefix('torch.')} on "
-            f"{probe.device.type} ({str(error).splitlines()[0][:80]}); use --dtype float32 or another format"
+            f"{probe.device.type} ({first_line(error, 80)}); use --dtype float32 or another format"
         ) from None
 
 
@@ -72,7 +73,7 @@ class CSRLinear(CompressedRowLinear):
         """Raise a clear error when this backend cannot multiply a CSR matrix of `dtype`."""
         device = torch.device(device)
         one = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0], dtype=torch.int32)
-        probe = _quiet_sparse_csr(*one, torch.ones(1, dtype=dtype), (1, 1), device=device)
+        probe = quiet_sparse(torch.sparse_csr_tensor, *one, torch.ones(1, dtype=dtype), (1, 1), device=device)
         check_matmul("CSR", probe, torch.ones(1, 1, dtype=dtype, device=device))
 
     @classmethod
@@ -80,7 +81,7 @@ class CSRLinear(CompressedRowLinear):
         cls.check_support(weight.dtype, weight.device)
         weight = weight.detach()
         nnz = int(torch.count_nonzero(weight))
-        index_dtype = torch.int32 if max(*weight.shape, nnz) <= _INT32_MAX else torch.int64
+        index_dtype = torch.int32 if max(*weight.shape, nnz) <= INT32_MAX else torch.int64
         # Built by hand rather than with Tensor.to_sparse_csr(), which (torch 2.13, CPU) leaves RSS ~2x the
         # CSR size higher than the CSR itself; this path allocates only the three buffers and a mask.
         nonzero = weight != 0
@@ -89,7 +90,9 @@ class CSRLinear(CompressedRowLinear):
         columns = torch.arange(weight.shape[1], dtype=index_dtype, device=weight.device)
         col = columns.expand_as(weight)[nonzero]
         values = weight[nonzero]
-        return cls(_quiet_sparse_csr(crow, col, values, weight.shape, device=weight.device), bias)
+        return cls(
+            quiet_sparse(torch.sparse_csr_tensor, crow, col, values, weight.shape, device=weight.device), bias
+        )
 
     def to_dense(self) -> torch.Tensor:
         # Scattered by hand: one (out, in) tensor plus an nnz-sized row index, nothing else.

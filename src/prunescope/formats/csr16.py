@@ -15,9 +15,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import PrunescopeError
-from . import native
-from .base import SparseLinear
-from .bitmask import _check_weight, _linear_torch
+from . import expand, native
+from .bitmask import BufferedSparseLinear, native_linear_impl, native_linear_op, row_offsets_of
 
 MAX_IN_FEATURES = 65536
 
@@ -26,128 +25,84 @@ def _columns(col_indices: torch.Tensor) -> torch.Tensor:
     return col_indices.to(torch.int64) & 0xFFFF
 
 
+def _rows(row_offsets: torch.Tensor, r0: int, r1: int, count: int) -> torch.Tensor:
+    """The row (counted from r0) of each of the `count` values of rows r0..r1; no host synchronisation."""
+    lengths = row_offsets[r0 + 1 : r1 + 1] - row_offsets[r0:r1]
+    rows = torch.arange(r1 - r0, device=row_offsets.device)
+    return torch.repeat_interleave(rows, lengths, output_size=count)
+
+
 def _dense(
     values: torch.Tensor, col_indices: torch.Tensor, row_offsets: torch.Tensor, in_features: int
 ) -> torch.Tensor:
     out = row_offsets.numel() - 1
-    rows = torch.repeat_interleave(torch.arange(out, device=values.device), row_offsets.diff())
     dense = torch.zeros(out, in_features, dtype=values.dtype, device=values.device)
-    dense[rows, _columns(col_indices)] = values
+    dense[_rows(row_offsets, 0, out, values.numel()), _columns(col_indices)] = values
     return dense
 
 
-def _csr16_linear_impl(
+def _fill_csr16(values: torch.Tensor, col_indices: torch.Tensor, row_offsets: torch.Tensor):
+    def fill(tile: torch.Tensor, r0: int, r1: int, v0: int, v1: int) -> None:
+        tile.zero_()
+        index = (_rows(row_offsets, r0, r1, v1 - v0), _columns(col_indices[v0:v1]))
+        tile.index_put_(index, values[v0:v1].to(tile.dtype))
+
+    return fill
+
+
+def csr16_torch(
     x: torch.Tensor,
     values: torch.Tensor,
     col_indices: torch.Tensor,
     row_offsets: torch.Tensor,
     bias: torch.Tensor | None,
     in_features: int,
-    kernel: str,
+    blocks: tuple | None = None,
 ) -> torch.Tensor:
-    """(n, in) x -> (n, out) float32. `kernel` "" means `$PRUNESCOPE_KERNEL` or the best path."""
-    name = native.resolve_kernel(kernel or None)
-    if name == "torch":
-        native.check_cpu(x, values, bias)
-        return _linear_torch(x, _dense(values, col_indices, row_offsets, in_features), bias)
-    return native.csr16_matmul(x, values, col_indices, row_offsets, bias, in_features, name)
+    """The pure-torch path on any device (see `formats.expand`); `blocks` None expands all rows at once."""
+    out = row_offsets.numel() - 1
+    blocks = blocks if blocks is not None else ((0, out, 0, values.numel()),)
+    fill = _fill_csr16(values, col_indices, row_offsets)
+    return expand.tiled_linear(x, bias, blocks, out, in_features, expand.compute_dtype(values), fill)
 
 
-csr16_linear = torch.library.custom_op(
-    "prunescope::csr16_linear",
-    mutates_args=(),
-    schema="(Tensor x, Tensor values, Tensor col_indices, Tensor row_offsets, Tensor? bias, int in_features, "
-    "str kernel) -> Tensor",
-)(_csr16_linear_impl)
+_csr16_linear_impl = native_linear_impl(csr16_torch, native.csr16_matmul)
+csr16_linear = native_linear_op("csr16_linear", "col_indices", _csr16_linear_impl)
 
 
-@csr16_linear.register_fake
-def _(x, values, col_indices, row_offsets, bias, in_features, kernel):
-    return x.new_empty((x.shape[0], row_offsets.shape[0] - 1), dtype=torch.float32)
+class CSR16Linear(BufferedSparseLinear):
+    """A Linear whose pruned weight is CSR with uint16 column indices (in_features <= 65536).
 
-
-class CSR16Linear(SparseLinear):
-    """A Linear whose pruned weight is CSR with uint16 column indices (CPU kernels, in_features <= 65536)."""
+    Native kernels on CPU; the pure-torch path (`formats.expand`) on any other device or when forced."""
 
     format_name = "csr16"
+    index_name = "col_indices"
+    _native_matmul = staticmethod(native.csr16_matmul)
+    _linear_op = staticmethod(csr16_linear)
 
-    def __init__(
-        self,
-        values: torch.Tensor,
-        col_indices: torch.Tensor,
-        row_offsets: torch.Tensor,
-        in_features: int,
-        bias: torch.Tensor | None = None,
-        kernel: str | None = None,
-    ) -> None:
-        super().__init__(in_features, row_offsets.numel() - 1, bias)
-        self.register_buffer("values", values)
-        self.register_buffer("col_indices", col_indices)
-        self.register_buffer("row_offsets", row_offsets)
-        self.kernel = kernel
+    def _check_buffers(self) -> None:
+        native.check_csr16_buffers(self.col_indices, self.row_offsets, self.in_features)
+        if self.col_indices.numel() != self.values.numel():
+            raise PrunescopeError("corrupt csr16 buffers (one column index per value)")
 
     @classmethod
-    def check_support(cls, dtype: torch.dtype, device: torch.device) -> None:
-        native.check_support(cls.format_name, dtype, device)
-
-    @classmethod
-    @torch.no_grad()
-    def from_dense(
-        cls, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel: str | None = None
-    ) -> CSR16Linear:
-        _check_weight(weight)
+    def _from_weight(cls, weight: torch.Tensor, bias, kernel) -> CSR16Linear:
         if weight.shape[1] > MAX_IN_FEATURES:
             raise PrunescopeError(f"csr16 needs in_features <= {MAX_IN_FEATURES}, got {weight.shape[1]}")
-        weight = weight.detach()
         nonzero = weight != 0
         cols = nonzero.nonzero()[:, 1]  # row-major order, like the values below
         cols = torch.where(cols >= 32768, cols - 65536, cols).to(torch.int16)
-        row_offsets = torch.zeros(weight.shape[0] + 1, dtype=torch.int64, device=weight.device)
-        row_offsets[1:] = nonzero.sum(1).cumsum(0)
-        return cls(
-            weight[nonzero].contiguous(), cols.contiguous(), row_offsets, weight.shape[1], bias, kernel
-        )
+        values, offsets = weight[nonzero].contiguous(), row_offsets_of(nonzero)
+        return cls(values, cols.contiguous(), offsets, weight.shape[1], bias, kernel)
 
     def to_dense(self) -> torch.Tensor:
         return _dense(self.values, self.col_indices, self.row_offsets, self.in_features)
 
-    @property
-    def nnz(self) -> int:
-        return self.values.numel()
+    def flops_per_token(self) -> int:
+        # The native kernels do one FMA per stored non-zero; the torch path expands rows and multiplies
+        # them whole, zeros included.
+        return 2 * self.in_features * self.out_features if self.path == "torch" else 2 * self.nnz
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.values.dtype
-
-    def weight_bytes(self) -> dict[str, int]:
-        return {
-            name: t.numel() * t.element_size()
-            for name, t in (
-                ("values", self.values),
-                ("col_indices", self.col_indices),
-                ("row_offsets", self.row_offsets),
-            )
-        }
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (x.is_cpu and self.values.is_cpu):
-            native.check_cpu(x, self.values)
-        if x.shape[-1] != self.in_features:
-            raise PrunescopeError(
-                f"expected last dim {self.in_features}, got input of shape {tuple(x.shape)}"
-            )
-        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        args = (
-            x2,
-            self.values,
-            self.col_indices,
-            self.row_offsets,
-            self.bias,
-            self.in_features,
-            self.kernel or "",
-        )
-        # Eager calls skip the custom-op dispatcher (tens of microseconds a call); compiled graphs use the op.
-        y = csr16_linear(*args) if torch.compiler.is_compiling() else _csr16_linear_impl(*args)
-        if y.dtype != x.dtype:
-            y = y.to(x.dtype)
-        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+    def _torch(self, x2: torch.Tensor) -> torch.Tensor:
+        args = (self.values, self.col_indices, self.row_offsets, self.bias, self.in_features, self._blocks)
+        return csr16_torch(x2, *args)

@@ -20,6 +20,7 @@ import os
 import torch  # must precede the extension import: see the module docstring
 
 from ..errors import PrunescopeError
+from ..hardware.machine import storage_parts
 
 try:
     from . import _bitmask_native as _ext  # type: ignore[attr-defined]
@@ -111,37 +112,28 @@ def flush_cache(tensors: list[torch.Tensor]) -> bool:
     return done
 
 
-def storage_parts(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The plain tensors holding the data of strided, sparse CSR/BSR and COO tensors (others skipped)."""
-    parts = []
-    for t in tensors:
-        if t.layout == torch.strided:
-            try:
-                t.data_ptr()  # wrapper subclasses (no storage of their own) raise here
-            except RuntimeError:
-                continue
-            parts.append(t)
-        elif t.layout in (torch.sparse_csr, torch.sparse_bsr):
-            parts += [t.crow_indices(), t.col_indices(), t.values()]
-        elif t.layout == torch.sparse_coo:
-            parts += [t._indices(), t._values()]
-    return parts
-
-
 def check_cpu(*tensors: torch.Tensor | None) -> None:
     for t in tensors:
         if t is not None and not t.is_cpu:
-            raise PrunescopeError(f"the bitmask/csr16 kernels run on CPU only, got a tensor on {t.device}")
+            raise PrunescopeError(f"the native kernels run on CPU only, got a tensor on {t.device}")
 
 
 def _addr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def _prepare(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, in_features: int):
-    check_cpu(x, values, bias)
-    if values.dtype not in DTYPE_CODES:
-        raise PrunescopeError(f"unsupported weight dtype {values.dtype}; use float32, bfloat16 or float16")
+def _prepare(x, values, index, row_offsets, bias, in_features: int, checked: bool, check_buffers):
+    """x, values, index (mask or columns), row_offsets and bias as the kernels take them.  `checked`: the
+    caller (a module that validated its buffers when they were set, see `formats.bitmask`) vouches for all
+    but x, which is checked always; else `check_buffers(index, row_offsets, in_features)` runs."""
+    if not checked:
+        check_cpu(values, bias)
+        if values.dtype not in DTYPE_CODES:
+            raise PrunescopeError(
+                f"unsupported weight dtype {values.dtype}; use float32, bfloat16 or float16"
+            )
+    if not x.is_cpu:
+        check_cpu(x)
     if x.dim() != 2 or x.shape[1] != in_features:
         raise PrunescopeError(f"expected input (n, {in_features}), got {tuple(x.shape)}")
     # each conversion only when needed: these run on every decode step, where microseconds count
@@ -153,7 +145,11 @@ def _prepare(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, i
         bias = bias.float().contiguous()
     if not values.is_contiguous():
         values = values.contiguous()
-    return x, values, bias
+    if not checked:
+        check_buffers(index, row_offsets, in_features)
+        if not (index.is_contiguous() and row_offsets.is_contiguous()):
+            index, row_offsets = index.contiguous(), row_offsets.contiguous()
+    return x, values, index, row_offsets, bias
 
 
 def bitmask_matmul(
@@ -164,20 +160,13 @@ def bitmask_matmul(
     bias: torch.Tensor | None,
     in_features: int,
     kernel: str,
+    checked: bool = False,
 ) -> torch.Tensor:
-    """y (n, out) float32 = x (n, in) @ W^T + bias on a native path (`kernel` already resolved)."""
-    x, values, bias = _prepare(x, values, bias, in_features)
+    """y (n, out) float32 = x (n, in) @ W^T + bias on a native path (`kernel` already resolved).
+    `checked`: the buffers were validated when they were set (`check_bitmask_buffers`), not per call."""
+    args = (x, values, mask, row_offsets, bias, in_features, checked, check_bitmask_buffers)
+    x, values, mask, row_offsets, bias = _prepare(*args)
     out = row_offsets.numel() - 1
-    if (
-        mask.dtype != torch.int16
-        or row_offsets.dtype != torch.int64
-        or mask.shape != (out, (in_features + 15) // 16)
-    ):
-        raise PrunescopeError(
-            "corrupt bitmask buffers (mask must be int16 (out, ceil(in/16)), offsets int64)"
-        )
-    if not (mask.is_contiguous() and row_offsets.is_contiguous()):
-        mask, row_offsets = mask.contiguous(), row_offsets.contiguous()
     if x.shape[0] >= PANEL_MIN_TOKENS and kernel != "scalar":
         return _bitmask_panels(x, values, mask, row_offsets, bias, in_features, kernel)
     y = torch.empty(x.shape[0], out, dtype=torch.float32)
@@ -197,6 +186,25 @@ def bitmask_matmul(
         _addr(y),
     )
     return y
+
+
+def check_bitmask_buffers(mask: torch.Tensor, row_offsets: torch.Tensor, in_features: int) -> None:
+    out = row_offsets.numel() - 1
+    if (
+        mask.dtype != torch.int16
+        or row_offsets.dtype != torch.int64
+        or tuple(mask.shape) != (out, (in_features + 15) // 16)
+    ):
+        raise PrunescopeError(
+            "corrupt bitmask buffers (mask must be int16 (out, ceil(in/16)), offsets int64)"
+        )
+
+
+def check_csr16_buffers(col_indices: torch.Tensor, row_offsets: torch.Tensor, in_features: int) -> None:
+    if col_indices.dtype != torch.int16 or row_offsets.dtype != torch.int64 or in_features > 65536:
+        raise PrunescopeError(
+            "corrupt csr16 buffers (columns must be int16, offsets int64, in_features <= 65536)"
+        )
 
 
 # From this many tokens on, the bitmask weight is decompressed a panel of rows at a time and each panel is
@@ -250,10 +258,13 @@ def bitmask_unpack(
     return out
 
 
-def _bitmask_panels(x, values, mask, row_offsets, bias, in_features: int, kernel: str) -> torch.Tensor:
-    """y = x @ W^T + bias, panel by panel: decompress rows (C), then torch.mm into y^T's rows."""
-    n, out = x.shape[0], row_offsets.numel() - 1
-    rows = min(out, panel_rows(in_features, n))
+def panel_matmul(
+    x: torch.Tensor, out: int, in_features: int, bias: torch.Tensor | None, unpack
+) -> torch.Tensor:
+    """y = x @ W^T + bias, panel by panel: `unpack(r0, r1, tile)` decompresses rows r0..r1 of W into
+    `tile` (float32, in C), then torch.mm into y^T's rows."""
+    n = x.shape[0]
+    rows = max(1, min(out, panel_rows(in_features, n)))
     panel = torch.empty(rows, in_features, dtype=torch.float32)
     yt = torch.empty(out, n, dtype=torch.float32)
     xt = x.detach().t()  # like the other native paths: no autograd graph
@@ -261,12 +272,19 @@ def _bitmask_panels(x, values, mask, row_offsets, bias, in_features: int, kernel
         for r0 in range(0, out, rows):
             r1 = min(out, r0 + rows)
             tile = panel[: r1 - r0]
-            bitmask_unpack(values, mask, row_offsets, in_features, r0, r1, tile, kernel)
+            unpack(r0, r1, tile)
             torch.mm(tile, xt, out=yt[r0:r1])
         y = yt.t().contiguous()
         if bias is not None:
             y += bias.detach()
     return y
+
+
+def _bitmask_panels(x, values, mask, row_offsets, bias, in_features: int, kernel: str) -> torch.Tensor:
+    def unpack(r0: int, r1: int, tile: torch.Tensor) -> None:
+        bitmask_unpack(values, mask, row_offsets, in_features, r0, r1, tile, kernel)
+
+    return panel_matmul(x, row_offsets.numel() - 1, in_features, bias, unpack)
 
 
 def csr16_matmul(
@@ -277,16 +295,12 @@ def csr16_matmul(
     bias: torch.Tensor | None,
     in_features: int,
     kernel: str,
+    checked: bool = False,
 ) -> torch.Tensor:
     """y (n, out) float32 = x (n, in) @ W^T + bias for CSR with uint16 columns (stored as int16)."""
-    x, values, bias = _prepare(x, values, bias, in_features)
+    args = (x, values, col_indices, row_offsets, bias, in_features, checked, check_csr16_buffers)
+    x, values, col_indices, row_offsets, bias = _prepare(*args)
     out = row_offsets.numel() - 1
-    if col_indices.dtype != torch.int16 or row_offsets.dtype != torch.int64 or in_features > 65536:
-        raise PrunescopeError(
-            "corrupt csr16 buffers (columns must be int16, offsets int64, in_features <= 65536)"
-        )
-    if not (col_indices.is_contiguous() and row_offsets.is_contiguous()):
-        col_indices, row_offsets = col_indices.contiguous(), row_offsets.contiguous()
     n = x.shape[0]
     transposed = kernel == "avx512" and n > CSR_GATHER_MAX_TOKENS
     xt = x.t().contiguous() if transposed else None
@@ -358,8 +372,9 @@ def dense_matmul(
 
 
 def check_support(format_name: str, dtype: torch.dtype, device: torch.device | str) -> None:
-    """The native formats run on CPU tensors of the dtypes the C kernels know."""
-    if torch.device(device).type != "cpu":
-        raise PrunescopeError(f"format {format_name!r} runs on CPU only, not {torch.device(device).type}")
+    """bitmask and csr16 run on CPU (native kernels, else torch) and on any other device through their
+    pure-torch path, in the dtypes the C kernels know; the meta device holds no data to multiply."""
+    if torch.device(device).type == "meta":
+        raise PrunescopeError(f"format {format_name!r} cannot run on the meta device (it holds no data)")
     if dtype not in DTYPE_CODES:
         raise PrunescopeError(f"format {format_name!r} supports float32, bfloat16 and float16, not {dtype}")

@@ -2,47 +2,43 @@
 
     result = run_latency(dense_model, pruned_model, names, LatencyConfig(formats=["masked", "csr", "bsr"]))
 
-`timing` is the measurement core (interleaved rounds, injectable clock); `variants` builds each format and
-says what theory predicts; `benchmark` runs layer-level and model-level comparisons; `report` writes them.
+The measurement core (interleaved rounds, timers, cache flushes) and the machine facts live in
+`prunescope.hardware`; `variants` builds each format and says what theory predicts; `benchmark` runs
+layer-level and model-level comparisons; `section` sizes them for a study.  The caller prunes (latency
+takes the dense model and its pruned copy), and `prunescope.report.latency` writes and renders results.
 """
 
 from __future__ import annotations
 
+from ..hardware.timing import Candidate, Timing, TimingPolicy, measure, measure_interleaved
 from .benchmark import (
     LatencyConfig,
     LatencyResult,
     bench_layers,
     bench_model,
     bench_weight,
-    dense_copy,
     environment,
-    prune_copy,
     run_latency,
 )
-from .report import latency_section, render_markdown, study_latency_config, write_latency
-from .timing import Candidate, Timing, TimingPolicy, measure, measure_interleaved
-from .variants import SemiStructuredLinear, Unsupported, parse_formats
+from .section import section_config, study_latency, study_latency_config
+from .variants import Unsupported, parse_formats
 
 __all__ = [
     "Candidate",
     "LatencyConfig",
     "LatencyResult",
-    "SemiStructuredLinear",
     "Timing",
     "TimingPolicy",
     "Unsupported",
     "bench_layers",
     "bench_model",
     "bench_weight",
-    "dense_copy",
     "environment",
-    "latency_section",
     "measure",
     "measure_interleaved",
     "parse_formats",
-    "prune_copy",
-    "render_markdown",
     "run_latency",
+    "section_config",
+    "study_latency",
     "study_latency_config",
-    "write_latency",
 ]

@@ -2,8 +2,11 @@
 
 Every comparison follows the same steps: build each variant from the same pruned weights, run it on the
 same inputs, check its output against the masked (dense-kernel, pruned-weight) reference BEFORE timing,
-then time the variants that passed in interleaved rounds (see `timing`). A variant that cannot run here
-is reported `unsupported: reason`; one whose output differs is reported `error: ...`; neither is timed.
+then time the variants that passed in interleaved rounds (see `hardware.timing`; on a CUDA device with
+CUDA events, and "cold" flushes the GPU's L2). A variant that cannot run here is reported
+`unsupported: reason`; one whose output differs is reported `error: ...`; neither is timed.
+
+Pruning is the caller's: these functions take the dense model and its pruned copy.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import math
 import os
 import platform
 import re
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -23,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import PrunescopeError
-from ..layers import linear_shape, linear_weight, set_module
-from ..structure import layer_table
-from .machine import cache_flusher, llc_bytes, machine_facts, tensor_bytes
-from .timing import (
+from ..errors import PrunescopeError, first_line
+from ..formats import native
+from ..hardware.machine import cache_flusher, last_level_cache, machine_facts, tensor_bytes
+from ..hardware.timing import (
     Candidate,
     Clock,
     Timing,
@@ -35,8 +36,12 @@ from .timing import (
     check_cache_mode,
     cold_candidate,
     measure_interleaved,
+    timer_for,
     with_eviction,
 )
+from ..layers import linear_shape, linear_weight, set_module
+from ..structure import layer_table
+from ..util.model_config import FALLBACK_CONTEXT, context_length
 from .variants import (
     BASELINE,
     LAYER_TOLERANCE,
@@ -88,14 +93,11 @@ class LatencyConfig:
     def describe(self) -> dict:
         return asdict(self)
 
-
-def default_sync(device: torch.device) -> Callable[[], None]:
-    """Wait for queued GPU work, so a sample measures the kernels and not their launch."""
-    if device.type == "cuda":
-        return torch.cuda.synchronize
-    if device.type == "mps":
-        return torch.mps.synchronize
-    return lambda: None
+    @property
+    def settings(self) -> dict:
+        """What a format may take as options (each takes the ones it declares: BSR `block_size`, auto
+        `n_tokens` and `cache`)."""
+        return {"block_size": self.block_size, "n_tokens": self.auto_tokens, "cache": self.cache}
 
 
 def _blas_info() -> str:
@@ -117,7 +119,7 @@ def _cpu_name() -> str:
 def environment(device: torch.device, dtype: torch.dtype, cache: str | None = None) -> dict:
     """Everything a latency figure depends on besides the code: threads, BLAS, CPU/GPU, caches, versions."""
     env = {
-        "machine": machine_facts(dtype, cache),
+        "machine": machine_facts(dtype, cache, isa=native.resolve_kernel(), device=device),
         "cache": cache,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
@@ -144,6 +146,9 @@ def environment(device: torch.device, dtype: torch.dtype, cache: str | None = No
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
+        env["timer"] = "cuda events"
+    else:
+        env["timer"] = "host clock"
     return env
 
 
@@ -154,10 +159,6 @@ def _timing_columns(timing: Timing | None) -> dict:
             "inner": 0,
         }
     return timing.as_dict()
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0][:100]
 
 
 def _ratios(row: dict, dense_median: float) -> dict:
@@ -186,8 +187,7 @@ def _build_layer_variants(
     names: list[str],
     pruned: torch.Tensor,
     bias: torch.Tensor | None,
-    block_size: int,
-    options: dict | None = None,
+    settings: dict | None = None,
 ) -> dict[str, nn.Module | str | None]:
     """Per format: its module, None for the dense-kernel variants, or the `unsupported: ...` status."""
     built: dict[str, nn.Module | str | None] = {}
@@ -196,11 +196,11 @@ def _build_layer_variants(
             built[name] = None
             continue
         try:
-            built[name] = build_module(name, pruned, bias, block_size, options).eval()
+            built[name] = build_module(name, pruned, bias, settings).eval()
         except Unsupported as reason:
             built[name] = f"unsupported: {reason}"
         except (RuntimeError, ValueError) as error:
-            built[name] = f"error: build failed ({_first_line(error)})"
+            built[name] = f"error: build failed ({first_line(error)})"
     return built
 
 
@@ -210,19 +210,20 @@ def bench_weight(
     pruned_weight: torch.Tensor,
     bias: torch.Tensor | None,
     config: LatencyConfig,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     sync: Callable[[], None] | None = None,
     build: Callable[..., dict] | None = None,
 ) -> list[dict]:
     """Rows (format x token count) for one (out, in) weight: `dense` runs F.linear on `dense_weight`,
-    the others run the pruned weight; outputs are checked against F.linear(x, pruned) in float64."""
+    the others run the pruned weight; outputs are checked against F.linear(x, pruned) in float64.
+    `clock`/`sync` replace the device's timer (CUDA events on CUDA, else the host clock)."""
     device, dtype = pruned_weight.device, pruned_weight.dtype
-    sync = sync or default_sync(device)
+    timer = timer_for(device, clock, sync)
     out_features, in_features = pruned_weight.shape
     if build is None:
-        build = partial(_build_layer_variants, options=_auto_options(config))
-    built = build(config.formats, pruned_weight, bias, config.block_size)
-    llc = llc_bytes()
+        build = partial(_build_layer_variants, settings=config.settings)
+    built = build(config.formats, pruned_weight, bias)
+    llc = last_level_cache(device)
     tolerance = LAYER_TOLERANCE.get(dtype, 1e-2)
     sparsity = 1.0 - int(torch.count_nonzero(pruned_weight)) / pruned_weight.numel()
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -247,16 +248,16 @@ def bench_weight(
                 try:
                     errors[name] = relative_error(call(), reference)
                 except (RuntimeError, NotImplementedError) as error:
-                    status[name] = f"unsupported: forward failed ({_first_line(error)})"
+                    status[name] = f"unsupported: forward failed ({first_line(error)})"
                     continue
                 if not errors[name] <= tolerance:
                     status[name] = f"error: output differs from dense (rel err {errors[name]:.2e})"
                     continue
             status[name] = OK
             candidates[name] = _layer_candidate(
-                config.cache, llc, call, _copier(name, module, x, dense_weight, pruned_weight, bias)
+                config.cache, llc, call, _copier(name, module, x, dense_weight, pruned_weight, bias), device
             )
-        timings = measure_interleaved(candidates, config.policy, clock, sync)
+        timings = measure_interleaved(candidates, config.policy, timer=timer)
         dense_median = timings[BASELINE].median if BASELINE in timings else math.nan
         for name, module in built.items():
             row = {
@@ -276,10 +277,6 @@ def bench_weight(
             }
             rows.append(row | _ratios(row, dense_median))
     return rows
-
-
-def _auto_options(config: LatencyConfig) -> dict:
-    return {"auto": {"n_tokens": config.auto_tokens, "cache": config.cache}}
 
 
 def _module_bytes(module: nn.Module) -> int:
@@ -304,7 +301,9 @@ def _copier(name, module, x, dense_weight, pruned_weight, bias) -> tuple[Callabl
     return make_module, [*module.parameters(), *module.buffers()]
 
 
-def _layer_candidate(cache: str, llc: int, call: Callable, copier: tuple[Callable, list]) -> Candidate:
+def _layer_candidate(
+    cache: str, llc: int, call: Callable, copier: tuple[Callable, list], device: torch.device
+) -> Candidate:
     if cache == "hot":
         return Candidate(call)
     make, tensors = copier
@@ -313,7 +312,10 @@ def _layer_candidate(cache: str, llc: int, call: Callable, copier: tuple[Callabl
     def first_then_copies() -> Callable:
         return next(calls, None) or make()
 
-    return cold_candidate(first_then_copies, tensor_bytes(tensors), llc, cache_flusher(tensors, llc))
+    # the device, not the tensors, says which cache to flush: a format may hold its weight outside its
+    # parameters and buffers (semi-structured keeps a tensor subclass as a plain attribute)
+    flush = cache_flusher(tensors, llc, native.flush_cache, device=device)
+    return cold_candidate(first_then_copies, tensor_bytes(tensors), llc, flush)
 
 
 def bench_layers(
@@ -321,7 +323,7 @@ def bench_layers(
     pruned_model: nn.Module,
     names: list[str],
     config: LatencyConfig,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     sync: Callable[[], None] | None = None,
     on_shape: Callable[[str], None] | None = None,
 ) -> list[dict]:
@@ -345,14 +347,15 @@ def bench_layers(
 
 
 def convert_copy(
-    pruned_model: nn.Module, names: list[str], name: str, block_size: int, options: dict | None = None
+    pruned_model: nn.Module, names: list[str], name: str, settings: dict | None = None
 ) -> nn.Module:
-    """A copy of the pruned model whose `names` projections are `name` modules (`Unsupported` if not)."""
+    """A copy of the pruned model whose `names` projections are `name` modules (`Unsupported` if not);
+    `settings` as for `variants.build_module`."""
     model = copy.deepcopy(pruned_model)
     for layer in names:
         module = model.get_submodule(layer)
         weight, bias = linear_weight(module).detach(), getattr(module, "bias", None)
-        set_module(model, layer, build_module(name, weight, bias, block_size, options))
+        set_module(model, layer, build_module(name, weight, bias, settings))
     return model
 
 
@@ -366,12 +369,7 @@ def model_theory(model: nn.Module) -> dict:
 
 
 def _context_length(model: nn.Module) -> int:
-    config = getattr(model, "config", None)
-    for key in ("max_position_embeddings", "n_positions", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
+    return context_length(getattr(model, "config", None), FALLBACK_CONTEXT)
 
 
 def _cache_keyword(model: nn.Module) -> str:
@@ -413,13 +411,11 @@ def _model_variants(
         else:
             try:
                 check_support(name, dtype, device)
-                variants[name] = convert_copy(
-                    pruned_model, names, name, config.block_size, _auto_options(config)
-                ).eval()
+                variants[name] = convert_copy(pruned_model, names, name, config.settings).eval()
             except Unsupported as reason:
                 variants[name] = f"unsupported: {reason}"
             except (RuntimeError, ValueError) as error:
-                variants[name] = f"error: build failed ({_first_line(error)})"
+                variants[name] = f"error: build failed ({first_line(error)})"
     return variants
 
 
@@ -447,7 +443,7 @@ def _check_model_outputs(variants: dict[str, nn.Module | str], ids: torch.Tensor
         try:
             errors[name] = relative_error(model(ids, use_cache=False).logits, reference)
         except (RuntimeError, NotImplementedError) as error:
-            status[name] = f"unsupported: forward failed ({_first_line(error)})"
+            status[name] = f"unsupported: forward failed ({first_line(error)})"
             continue
         ok = errors[name] <= tolerance
         status[name] = OK if ok else f"error: logits differ from masked (rel err {errors[name]:.2e})"
@@ -489,13 +485,13 @@ def bench_model(
     pruned_model: nn.Module,
     names: list[str],
     config: LatencyConfig,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     sync: Callable[[], None] | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Prefill latency over the (batch x seqlen) grid and KV-cache decode throughput per batch size."""
     device, dtype = _device_dtype(pruned_model)
-    sync = sync or default_sync(device)
+    timer = timer_for(device, clock, sync)
     context = _context_length(pruned_model)
     longest = max([s for _, s in config.prefill_grid] + [config.decode_prompt + config.decode_tokens])
     if longest > context:
@@ -510,11 +506,15 @@ def bench_model(
     theories = {n: model_theory(m) for n, m in variants.items() if isinstance(m, nn.Module)}
     checks = _check_model_outputs(variants, ids(1, min(16, context)), dtype)
     runnable = {n: m for n, m in variants.items() if checks["status"][n] == OK}
-    llc = llc_bytes()
-    # A model larger than twice the LLC streams from memory by itself; a smaller one is evicted first.
+    llc = last_level_cache(device)
+    # A model larger than twice the LLC (the L2 on a GPU) streams from memory by itself; a smaller one is
+    # evicted first.
     evict = {n for n, m in runnable.items() if config.cache == "cold" and _module_bytes(m) <= 2 * llc}
 
-    flushers = {n: cache_flusher([*runnable[n].parameters(), *runnable[n].buffers()], llc) for n in evict}
+    def flusher(model: nn.Module) -> Callable[[], None]:
+        return cache_flusher([*model.parameters(), *model.buffers()], llc, native.flush_cache, device=device)
+
+    flushers = {n: flusher(runnable[n]) for n in evict}
 
     def timed(name: str, candidate: Candidate) -> Candidate:
         return with_eviction(candidate, llc, flushers[name]) if name in evict else candidate
@@ -528,7 +528,7 @@ def bench_model(
             n: timed(n, Candidate(lambda m=m, t=tokens_in: m(t, use_cache=False)))
             for n, m in runnable.items()
         }
-        timings = measure_interleaved(candidates, config.policy, clock, sync)
+        timings = measure_interleaved(candidates, config.policy, timer=timer)
         shape = {"batch": batch, "seqlen": seqlen}
         rows += _model_rows("prefill", shape, batch * seqlen, variants, checks, timings, theories)
     for batch in config.decode_batches:
@@ -536,7 +536,7 @@ def bench_model(
             on_step(f"decode batch {batch}")
         prompt, steps = ids(batch, config.decode_prompt), ids(batch, config.decode_tokens)
         candidates = {n: timed(n, _decode_candidate(m, prompt, steps)) for n, m in runnable.items()}
-        timings = measure_interleaved(candidates, config.policy, clock, sync)
+        timings = measure_interleaved(candidates, config.policy, timer=timer)
         shape = {"batch": batch, "seqlen": config.decode_tokens}
         rows += _model_rows(
             "decode", shape, batch * config.decode_tokens, variants, checks, timings, theories
@@ -570,7 +570,7 @@ def run_latency(
     pruned_model: nn.Module,
     names: list[str],
     config: LatencyConfig,
-    clock: Clock = time.perf_counter,
+    clock: Clock | None = None,
     sync: Callable[[], None] | None = None,
     on_step: Callable[[str], None] | None = None,
     info: dict | None = None,
@@ -589,21 +589,3 @@ def run_latency(
     )
     env = environment(device, dtype, config.cache)
     return LatencyResult(layers, model, env, config.describe(), info or {})
-
-
-def prune_copy(model: nn.Module, names: list[str], spec, calibration=None) -> nn.Module:
-    """A pruned deep copy of a dense model (the dense one stays the baseline)."""
-    from ..pruning import prune
-
-    pruned = copy.deepcopy(model)
-    prune(pruned, {n: pruned.get_submodule(n) for n in names}, spec, calibration, progress=False)
-    return pruned
-
-
-def dense_copy(pruned_model: nn.Module, record) -> nn.Module:
-    """The dense model back from a pruned one and its `PruneRecord`, as a copy (the pruned one stays)."""
-    from ..pruning import restore
-
-    dense = copy.deepcopy(pruned_model)
-    restore(dense, record)
-    return dense

@@ -4,9 +4,11 @@
     ...evaluate...
     restore(model, record)
 
-Methods: magnitude and random (no calibration), wanda, sparsegpt and ria (calibrated, sequential block by
-block). On top of any method: OWL per-block sparsity (`allocation="owl"`) and DSnoT mask refinement
-(`refine="dsnot"`), both of which run the sequential pass; their details land in `PruneRecord.details`.
+Methods, allocations and refinements are plug-ins in three registries (`registry.py`; the built-ins in
+`methods/`, `allocations/`, `refinements/`). Methods without calibration (magnitude, random) score all
+layers at once; calibrated ones (wanda, sparsegpt, ria), and any method with an allocation (`owl`) or a
+refinement (`dsnot`), go block by block (`driver.py`); allocation and refinement details land in
+`PruneRecord.details`.
 """
 
 from __future__ import annotations
@@ -20,20 +22,50 @@ from torch import nn
 from ..errors import PrunescopeError
 from ..layers import linear_shape
 from ..util.heap import trim_heap
-from .magnitude import prune_by_score
+
+# isort: off
+from . import methods, allocations, refinements  # noqa: F401  (registers the built-ins, in this order)
+
+# isort: on
 from .record import LayerChange, PruneRecord, restore_layer
-from .spec import METHODS, NATURAL_SCOPE, Pattern, PruneSpec
+from .registry import (
+    ALLOCATIONS,
+    METHODS,
+    REFINEMENTS,
+    OptionField,
+    option_fields,
+    register_allocation,
+    register_method,
+    register_refinement,
+)
+from .scoring import prune_by_score
+from .spec import Pattern, PruneSpec
 
 __all__ = [
+    "ALLOCATIONS",
     "METHODS",
     "NATURAL_SCOPE",
+    "REFINEMENTS",
     "LayerChange",
+    "OptionField",
     "Pattern",
     "PruneRecord",
     "PruneSpec",
+    "option_fields",
     "prune",
+    "register_allocation",
+    "register_method",
+    "register_refinement",
     "restore",
 ]
+
+
+def __getattr__(name: str):
+    if name == "NATURAL_SCOPE":  # a view of the method registry (see `spec.py`)
+        from . import spec
+
+        return spec.NATURAL_SCOPE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_pattern_fits(layers: dict[str, nn.Module], spec: PruneSpec) -> None:
@@ -63,7 +95,7 @@ def prune(
     if spec.needs_calibration:
         if not calibration:
             raise PrunescopeError(f"{spec.method} needs calibration data; none was given")
-        from .calibrated import prune_calibrated
+        from .driver import prune_calibrated
 
         changes = prune_calibrated(model, layers, spec, calibration, progress=progress, report=details)
     else:

@@ -1,30 +1,43 @@
-"""What to prune and how: the validated request shared by the CLI, the API, sweeps and benchmarks."""
+"""What to prune and how: the validated request shared by the CLI, the API, sweeps and benchmarks.
+
+The method, allocation and refinement are names in their registries (`registry.py`); each comes with its
+own typed options (`method_options`, `allocation_options`, `refine_options`).
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 from ..errors import PrunescopeError
+from .registry import (
+    ALLOCATIONS,
+    METHODS,
+    REFINEMENTS,
+    SCOPES,
+    AllocationPlugin,
+    MethodPlugin,
+    Plugin,
+    RefinementPlugin,
+    options_from_flat,
+)
 
-METHODS = ("magnitude", "random", "wanda", "sparsegpt", "ria")
-SCOPES = ("global", "layer", "row")
-# The scope each method's paper uses when the user does not pick one.
-NATURAL_SCOPE = {
-    "magnitude": "global",
-    "random": "global",
-    "wanda": "row",
-    "sparsegpt": "layer",
-    "ria": "layer",
-}
-CALIBRATED = ("wanda", "sparsegpt", "ria")
-# Scopes a calibrated method accepts: its paper's, plus RIA's `--per_outneuron` (row) variant.
-CALIBRATED_SCOPES = {"wanda": ("row",), "sparsegpt": ("layer",), "ria": ("layer", "row")}
-ALLOCATIONS = ("uniform", "owl")  # per-block sparsity: the same everywhere, or OWL's outlier-weighted one
-REFINES = ("none", "dsnot")  # training-free mask refinement after each layer's mask
+__all__ = ["ALLOCATIONS", "METHODS", "REFINEMENTS", "REFINES", "SCOPES", "Pattern", "PruneSpec"]
 
-Scope = Literal["global", "layer", "row"]
+REFINES = REFINEMENTS  # the older name
+
+
+def __getattr__(name: str) -> Any:
+    """Views of the method registry under their older names, computed on use so that plug-ins registered
+    later are included."""
+    if name == "NATURAL_SCOPE":
+        return {plugin.name: plugin.natural_scope for plugin in METHODS.plugins()}
+    if name == "CALIBRATED":
+        return tuple(plugin.name for plugin in METHODS.plugins() if plugin.calibrated)
+    if name == "CALIBRATED_SCOPES":
+        return {plugin.name: plugin.scopes for plugin in METHODS.plugins() if plugin.calibrated}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -61,44 +74,54 @@ class Pattern:
 
 @dataclass(frozen=True)
 class PruneSpec:
-    """A validated pruning request. `sparsity` is the fraction of prunable weights set to zero."""
+    """A validated pruning request. `sparsity` is the fraction of prunable weights set to zero.
+
+    The `*_options` fields hold the chosen plug-ins' options dataclasses; None means their defaults.
+    """
 
     method: str = "magnitude"
     sparsity: float = 0.3
     scope: str | None = None
     pattern: Pattern = Pattern()
     seed: int = 0
-    # Calibration (Wanda, SparseGPT): texts are resolved by the caller; these size the sample.
+    # Calibration: texts are resolved by the caller; these size the sample.
     calib_samples: int = 128
     calib_seqlen: int = 256
-    # SparseGPT: dampening as a fraction of mean(diag H), and the column block size.
-    damp: float = 0.01
-    blocksize: int = 128
-    # OWL (Yin et al. 2024): outlier threshold M (times the block's mean score) and sparsity spread lambda.
-    allocation: str = "uniform"
-    owl_m: float = 5.0
-    owl_lambda: float = 0.08
-    # RIA (Zhang et al. 2024): exponent of the input-channel norm.
-    ria_alpha: float = 0.5
-    # DSnoT (Zhang et al. 2024): swap cycles per layer and the |error| below which a row is left alone.
-    refine: str = "none"
-    refine_cycles: int = 50
-    refine_threshold: float = 0.1
+    method_options: Any = None
+    allocation: str = "uniform"  # per-block / per-matrix sparsity
+    allocation_options: Any = None
+    refine: str = "none"  # mask refinement after each layer is pruned
+    refine_options: Any = None
+    # `allocation` may be a path ending in .json (`allocations/from_file.py`): the SHA-256 of its mapping,
+    # filled in when the file is read; a given one must match the file's.
+    allocation_sha256: str = ""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise PrunescopeError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        method = METHODS.get(self.method)
+        self._check_allocation_file()
         if not 0.0 <= self.sparsity < 1.0:
             raise PrunescopeError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.scope is not None and self.scope not in SCOPES:
             raise PrunescopeError(f"unknown scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
-        if self.method in CALIBRATED and self.scope not in (None, *CALIBRATED_SCOPES[self.method]):
-            allowed = " or ".join(CALIBRATED_SCOPES[self.method])
+        if self.scope not in (None, *method.scopes):
             raise PrunescopeError(
-                f"{self.method} compares weights per {allowed} by design; "
+                f"{self.method} compares weights per {' or '.join(method.scopes)} by design; "
                 f"scope {self.scope!r} is not supported for it"
             )
-        self._check_extensions()
+        allocation = ALLOCATIONS.get(self.allocation)
+        REFINEMENTS.get(self.refine)
+        for attribute, plugin in (
+            ("method_options", method),
+            ("allocation_options", allocation),
+            ("refine_options", self.refinement_plugin),
+        ):
+            self._fill_options(attribute, plugin)
+        if not allocation.nm_patterns and self.pattern.structured:
+            # A changed sparsity is no N:M pattern any more (OWL-N:M rounds N per block: other patterns than
+            # asked); not implemented.
+            raise PrunescopeError(
+                f"--allocation {self.allocation} works with unstructured sparsity only, not N:M patterns"
+            )
         if self.pattern.structured:
             expected = self.pattern.sparsity
             if abs(self.sparsity - expected) > 1e-9:
@@ -108,45 +131,108 @@ class PruneSpec:
         if self.calib_samples < 1 or self.calib_seqlen < 2:
             raise PrunescopeError("calibration needs at least 1 sample of at least 2 tokens")
 
-    def _check_extensions(self) -> None:
-        """OWL allocation, RIA and DSnoT options."""
-        if self.allocation not in ALLOCATIONS:
+    def _check_allocation_file(self) -> None:
+        from .allocations.file_format import is_allocation_file, load_mapping
+
+        if not is_allocation_file(self.allocation):
+            return
+        _, digest = load_mapping(self.allocation)
+        if self.allocation_sha256 and self.allocation_sha256 != digest:
             raise PrunescopeError(
-                f"unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}"
+                f"allocation file {self.allocation} changed: its mapping's SHA-256 is {digest[:12]}..., "
+                f"the run recorded {self.allocation_sha256[:12]}..."
             )
-        if self.refine not in REFINES:
-            raise PrunescopeError(f"unknown refinement {self.refine!r}; choose one of {', '.join(REFINES)}")
-        if self.allocation == "owl" and self.pattern.structured:
-            # OWL-N:M rounds N per block (lambda 2, M 6 in its paper), so blocks end up at other N:M patterns
-            # than asked; not implemented.
-            raise PrunescopeError("--allocation owl works with unstructured sparsity only, not N:M patterns")
-        if self.owl_m <= 0 or not 0 <= self.owl_lambda < 0.5:
-            raise PrunescopeError("--owl-m must be > 0 and --owl-lambda in [0, 0.5)")
-        if self.ria_alpha < 0:
-            raise PrunescopeError(f"--ria-alpha must be >= 0, got {self.ria_alpha}")
-        if self.refine_cycles < 0 or self.refine_threshold < 0:
-            raise PrunescopeError("--refine-cycles and --refine-threshold must be >= 0")
+        object.__setattr__(self, "allocation_sha256", digest)  # frozen: set once, here
+
+    def _fill_options(self, attribute: str, plugin: Plugin) -> None:
+        value = getattr(self, attribute)
+        if value is None:
+            object.__setattr__(self, attribute, plugin.options())  # frozen: set once, here
+        elif type(value) is not plugin.options:
+            raise PrunescopeError(
+                f"{attribute} of {plugin.kind} {plugin.name} must be {plugin.options.__name__}, "
+                f"got {type(value).__name__}"
+            )
+
+    @property
+    def method_plugin(self) -> MethodPlugin:
+        return METHODS.get(self.method)
+
+    @property
+    def allocation_plugin(self) -> AllocationPlugin:
+        return ALLOCATIONS.get(self.allocation)
+
+    @property
+    def refinement_plugin(self) -> RefinementPlugin:
+        return REFINEMENTS.get(self.refine)
 
     @property
     def effective_scope(self) -> str:
-        return self.scope or NATURAL_SCOPE[self.method]
+        return self.scope or self.method_plugin.natural_scope
 
     @property
     def needs_calibration(self) -> bool:
-        """Calibration activations are needed: a calibrated method, OWL's block scores or DSnoT's moments."""
-        return self.method in CALIBRATED or self.allocation != "uniform" or self.refine != "none"
+        """Calibration activations are needed: by the method, the allocation or the refinement."""
+        return (
+            self.method_plugin.calibrated
+            or self.allocation_plugin.allocate is not None
+            or self.refinement_plugin.refine is not None
+        )
 
     @classmethod
     def create(
-        cls, method: str = "magnitude", sparsity: float | None = None, pattern: str = "unstructured", **kwargs
+        cls,
+        method: str = "magnitude",
+        sparsity: float | None = None,
+        pattern: str = "unstructured",
+        *,
+        scope: str | None = None,
+        seed: int = 0,
+        calib_samples: int = 128,
+        calib_seqlen: int = 256,
+        allocation: str = "uniform",
+        refine: str = "none",
+        allocation_sha256: str = "",
+        **flat: Any,
     ) -> PruneSpec:
-        """Build from user-facing values; an N:M pattern supplies the sparsity when none is given."""
+        """Build from user-facing values; an N:M pattern supplies the sparsity when none is given.
+
+        `flat` holds plug-in options by flat name (`ria_alpha=0.3`, `owl_m=4`, `sparsegpt_damp=0.02` or its
+        old name `damp=`); those of plug-ins not chosen are validated, then ignored.
+        """
         parsed = Pattern.parse(pattern)
         if sparsity is None:
             sparsity = parsed.sparsity if parsed.structured else 0.3
-        return cls(method=method, sparsity=float(sparsity), pattern=parsed, **kwargs)
+        chosen = (METHODS.get(method), ALLOCATIONS.get(allocation), REFINEMENTS.get(refine))
+        method_options, allocation_options, refine_options = options_from_flat(flat, chosen)
+        return cls(
+            method=method,
+            sparsity=float(sparsity),
+            scope=scope,
+            pattern=parsed,
+            seed=seed,
+            calib_samples=calib_samples,
+            calib_seqlen=calib_seqlen,
+            method_options=method_options,
+            allocation=allocation,
+            allocation_options=allocation_options,
+            refine=refine,
+            refine_options=refine_options,
+            allocation_sha256=allocation_sha256,
+        )
+
+    def flat_options(self) -> dict[str, Any]:
+        """The chosen plug-ins' options by flat name (`PruneSpec.create(**spec.flat_options())` rebuilds
+        them)."""
+        return {
+            **self.method_plugin.flat(self.method_options),
+            **self.allocation_plugin.flat(self.allocation_options),
+            **self.refinement_plugin.flat(self.refine_options),
+        }
 
     def describe(self) -> dict:
+        """The request as run.json records it."""
+        allocation, refinement = self.allocation_plugin, self.refinement_plugin
         return {
             "method": self.method,
             "sparsity": self.sparsity,
@@ -158,20 +244,19 @@ class PruneSpec:
                 if self.needs_calibration
                 else {}
             ),
-            **({"damp": self.damp, "blocksize": self.blocksize} if self.method == "sparsegpt" else {}),
-            **({"ria_alpha": self.ria_alpha} if self.method == "ria" else {}),
+            **self.method_plugin.describe(self.method_options),
             **(
-                {"allocation": "owl", "owl_m": self.owl_m, "owl_lambda": self.owl_lambda}
-                if self.allocation == "owl"
+                {
+                    "allocation": self.allocation,
+                    **allocation.describe(self.allocation_options),
+                    **({"allocation_sha256": self.allocation_sha256} if self.allocation_sha256 else {}),
+                }
+                if allocation.allocate is not None
                 else {}
             ),
             **(
-                {
-                    "refine": self.refine,
-                    "refine_cycles": self.refine_cycles,
-                    "refine_threshold": self.refine_threshold,
-                }
-                if self.refine != "none"
+                {"refine": self.refine, **refinement.describe(self.refine_options)}
+                if refinement.refine is not None
                 else {}
             ),
         }

@@ -21,6 +21,13 @@ COLOURS = {
 }
 
 
+def save_figure(fig, path: str | Path) -> None:
+    """Lay out, write (110 dpi, the format from the suffix) and close: how every report figure ends."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _colour(variant: str, index: int) -> str:
     return COLOURS.get(variant, plt.get_cmap("tab10")(index % 10))
 
@@ -46,9 +53,7 @@ def plot_variants(summary: pd.DataFrame, path: str | Path) -> None:
         bars = ax.bar(variants, summary[column] * scale, color=colours)
         _label(ax, bars, fmt)
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_groups(groups: pd.DataFrame, path: str | Path) -> None:
@@ -73,9 +78,7 @@ def plot_groups(groups: pd.DataFrame, path: str | Path) -> None:
         ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # Module names of a decoder stack: `<stack>.<block index>.<path inside the block>`, e.g.
@@ -160,7 +163,26 @@ def plot_layers(layers: pd.DataFrame, path: str | Path) -> bool:
                 colour = "black" if light else "white"
                 ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color=colour)
         fig.colorbar(image, ax=ax, shrink=0.85)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
+
+
+def plot_kl_by_confidence(buckets: pd.DataFrame, path: str | Path) -> None:
+    """Mean KL(dense ‖ variant) per decile of the dense max-probability, one line per variant."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for index, (variant, rows) in enumerate(buckets.groupby("variant", sort=False)):
+        rows = rows.sort_values("decile")
+        ax.plot(
+            rows["decile"], rows["mean_kl"], "o-", color=_colour(variant, index), label=variant, markersize=4
+        )
+    first = buckets[buckets["variant"] == buckets["variant"].iloc[0]].sort_values("decile")
+    labels = [
+        f"{d}\n{lo:.2f}–{hi:.2f}"
+        for d, lo, hi in zip(first["decile"], first["p_low"], first["p_high"], strict=True)
+    ]
+    ax.set_xticks(list(first["decile"]), labels, fontsize=6.5)
+    ax.set_xlabel("decile of the dense model's top probability (range)")
+    ax.set_ylabel("mean KL(dense ‖ variant), nats")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

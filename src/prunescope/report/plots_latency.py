@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .plots import _colour as _study_colour  # noqa: E402
+from .plots import save_figure  # noqa: E402
 
 # Formats the study's palette lacks; tab10's fallback would paint bsr the same green as csr.
 _COLOURS = {"bsr": "#da8bc3", "semi-structured": "#8c8c8c", "dense": "#4c72b0"}
@@ -42,9 +43,7 @@ def plot_speedup_vs_tokens(layers: pd.DataFrame, path: str | Path) -> None:
         ax.set_title(f"{shape} (out x in)", fontsize=10)
     axes[0][0].set_ylabel("speedup vs dense F.linear")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_measured_vs_theory(layers: pd.DataFrame, path: str | Path) -> None:
@@ -66,9 +65,7 @@ def plot_measured_vs_theory(layers: pd.DataFrame, path: str | Path) -> None:
         ax.set_xlabel(title)
         ax.set_ylabel("measured speedup")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_model_speedup(model: pd.DataFrame, path: str | Path) -> None:
@@ -92,6 +89,4 @@ def plot_model_speedup(model: pd.DataFrame, path: str | Path) -> None:
     ax.set_ylabel("speedup vs dense model")
     ax.margins(y=0.15)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .allocation import PLOT_NAME, allocation_section, plot_allocation, refine_section
+from .allocation import allocation_section, refine_section, write_allocation
+from .disagreement import (
+    CONFIDENCE_PLOT,
+    _pruned_tokens,
+    confidence_buckets,
+    disagreement_section,
+    load_tokenizer,
+    write_tokens,
+)
 from .output import write_json
-from .plots import block_grid, plot_groups, plot_layers, plot_variants
+from .plots import block_grid, plot_groups, plot_kl_by_confidence, plot_layers, plot_variants
 from .tasks import tasks_section, write_tasks
+
+__all__ = ["write_study", "write_tokens", "render_report"]
 
 METRICS_DOC = "docs/metrics.md"
 
@@ -18,8 +29,13 @@ def _markdown(frame: pd.DataFrame, floatfmt: str | tuple[str, ...] = ".4g") -> s
     return frame.to_markdown(index=False, floatfmt=floatfmt)
 
 
-def write_study(result, directory: str | Path) -> list[Path]:
-    """Write every file of a study into `directory` (an existing, empty folder); returns the paths."""
+def write_study(result, directory: str | Path, tokenizer=None) -> list[Path]:
+    """Write every file of a study into `directory` (an existing, empty folder); returns the paths.
+
+    `tokenizer` decodes the largest-KL positions in report.md; None: `result.tokenizer` if it has one, else
+    the model's tokenizer read from local files, else token ids are shown. (`write_tokens(result, directory)`
+    adds tokens.parquet, for --per-token.)
+    """
     directory = Path(directory)
     summary, layers, groups = result.summary, result.layers, result.groups
     paths = {
@@ -42,11 +58,22 @@ def write_study(result, directory: str | Path) -> list[Path]:
     plot_groups(groups, paths["groups_plot"])
     if not plot_layers(layers, paths["layers_plot"]):
         del paths["layers_plot"]  # no numbered blocks of linear layers: nothing to draw
-    if result.run.get("allocation"):  # OWL's per-block sparsities
-        paths["allocation_plot"] = directory / PLOT_NAME
-        plot_allocation(result.run["allocation"], paths["allocation_plot"])
+    if result.run.get("allocation"):  # a non-uniform allocation: its sparsities as a file and pictures
+        paths.update(write_allocation(result.run["allocation"], result.pruned_layers, directory))
     paths.update({path.stem + "_tasks": path for path in write_tasks(result, directory)})  # --tasks
-    paths["report"].write_text(render_report(result, layers_plot="layers_plot" in paths), encoding="utf-8")
+    buckets = confidence_buckets(_pruned_tokens(result))
+    if not buckets.empty:
+        paths["kl_by_confidence"] = directory / CONFIDENCE_PLOT
+        plot_kl_by_confidence(buckets, paths["kl_by_confidence"])
+        if tokenizer is None:
+            tokenizer = getattr(result, "tokenizer", None) or load_tokenizer(result)
+    report = render_report(
+        result, layers_plot="layers_plot" in paths, tokenizer=tokenizer, confidence_plot=not buckets.empty
+    )
+    paths["report"].write_text(report, encoding="utf-8")
+    run_options = getattr(getattr(result, "config", None), "run", None)
+    if getattr(run_options, "per_token", False):  # --per-token: one row per variant and compared position
+        paths["tokens"] = write_tokens(result, directory)
     return list(paths.values())
 
 
@@ -76,6 +103,105 @@ GROUP_COLUMNS = [
     ("stored_bytes", "stored (MB)", 1e-6, ".2f"),
     ("flops_per_token", "executed MFLOP/token", 1e-6, ".3f"),
 ]
+
+
+INTERVALS_NOTE = (
+    "Brackets: [95 % interval], percentile bootstrap over windows (1000 resamples of the windows with "
+    "replacement, seed 0; the tokens of a window are not independent, so windows are the unit). top-1 and KL "
+    "are over the compared positions, the perplexity ratio PPL(variant)/PPL(dense) over the scored ones."
+)
+KL_COLUMNS = [
+    ("kl_median", "KL median", ".4g"),
+    ("kl_p90", "KL p90", ".4g"),
+    ("kl_p99", "KL p99", ".4g"),
+    ("kl_p999", "KL p99.9", ".4g"),
+    ("kl_max", "KL max", ".4g"),
+]
+DELTA_P_COLUMNS = [
+    ("delta_p_mean", "Δp mean", ".3g"),
+    ("delta_p_rms", "Δp RMS", ".3g"),
+    ("delta_p_p01", "Δp p1", ".3g"),
+    ("delta_p_p99", "Δp p99", ".3g"),
+]
+
+
+def with_interval(value: float, low: float, high: float, fmt: str) -> str:
+    """'0.9155 [0.9101, 0.9203]'; the value alone when the interval is missing."""
+    if pd.isna(value):
+        return ""
+    if pd.isna(low) or pd.isna(high):
+        return format(value, fmt)
+    return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def behaviour_table(summary: pd.DataFrame) -> str:
+    """top-1, top-5, KL and perplexity per variant, with the bootstrap intervals where they are known."""
+
+    def column(name: str) -> pd.Series:
+        return summary[name] if name in summary else pd.Series([float("nan")] * len(summary))
+
+    ratio = column("ln_ppl_ratio").map(lambda x: float("nan") if pd.isna(x) else float(np.exp(x)))
+    shown = pd.DataFrame(
+        {
+            "variant": summary["variant"],
+            "top-1 agreement": [
+                with_interval(v, lo, hi, ".4f")
+                for v, lo, hi in zip(
+                    summary["top1_agreement"], column("top1_ci_low"), column("top1_ci_high"), strict=True
+                )
+            ],
+            "top-5 overlap": summary["top5_overlap"],
+            "KL (nats/token)": [
+                with_interval(v, lo, hi, ".4g")
+                for v, lo, hi in zip(
+                    summary["kl_mean"], column("kl_mean_ci_low"), column("kl_mean_ci_high"), strict=True
+                )
+            ],
+            "perplexity": summary["perplexity"],
+            "PPL / dense PPL": [
+                with_interval(v, lo, hi, ".4f")
+                for v, lo, hi in zip(
+                    ratio, column("ppl_ratio_ci_low"), column("ppl_ratio_ci_high"), strict=True
+                )
+            ],
+            "positions": summary["positions"],
+            "eval (s)": summary["seconds"],
+        }
+    )
+    return _markdown(shown, ("g", "g", ".4f", "g", ".3f", "g", ".0f", ".2f"))
+
+
+def distribution_tables(summary: pd.DataFrame) -> list[str]:
+    """Per-token distributions against dense (llama.cpp's statistics), two narrow tables; [] without them."""
+    if (
+        not all(c[0] in summary.columns for c in KL_COLUMNS + DELTA_P_COLUMNS)
+        or "ln_ppl_ratio" not in summary
+    ):
+        return []
+    kl = pd.DataFrame({"variant": summary["variant"]})
+    for name, heading, _ in KL_COLUMNS:
+        kl[heading] = summary[name]
+    tokens = pd.DataFrame({"variant": summary["variant"]})
+    for name, heading, _ in DELTA_P_COLUMNS:
+        tokens[heading] = summary[name]
+    tokens["ln(PPL/dense) ± se"] = [
+        "" if pd.isna(v) else f"{v:.4g} ± {e:.2g}"
+        for v, e in zip(summary["ln_ppl_ratio"], summary["ln_ppl_ratio_stderr"], strict=True)
+    ]
+    tokens["NLL corr."] = summary["nll_correlation"]
+    return [
+        "## Per-token distributions (each variant against the dense model)",
+        "",
+        "KL(dense ‖ variant) over the compared positions; Δp = p_variant(target) − p_dense(target), the "
+        "paired ln perplexity ratio with its stderr (sqrt(se_v² + se_d² − 2·cov)) and the correlation of the "
+        "per-token NLLs over the scored positions (llama.cpp's statistics; the dense row compares the model "
+        "with itself).",
+        "",
+        _markdown(kl, tuple(["g"] + [fmt for *_, fmt in KL_COLUMNS])),
+        "",
+        _markdown(tokens, tuple(["g"] + [fmt for *_, fmt in DELTA_P_COLUMNS] + ["g", ".4f"])),
+        "",
+    ]
 
 
 def _table(frame: pd.DataFrame, keys: list[str], columns: list[tuple[str, str, float, str]]) -> str:
@@ -163,13 +289,15 @@ def layer_section(result, layers_plot: bool) -> list[str]:
     return lines
 
 
-def render_report(result, layers_plot: bool = True) -> str:
+def render_report(result, layers_plot: bool = True, tokenizer=None, confidence_plot: bool = False) -> str:
     run, summary = result.run, result.summary
     lines = header_lines(result)
     lines += [
         "## Behaviour (each variant against the dense model)",
         "",
-        _table(summary, ["variant"], BEHAVIOUR_COLUMNS),
+        behaviour_table(summary),
+        "",
+        INTERVALS_NOTE,
         "",
         "## Cost",
         "",
@@ -185,6 +313,8 @@ def render_report(result, layers_plot: bool = True) -> str:
         "",
     ]
     lines += layer_section(result, layers_plot)
+    lines += distribution_tables(summary)
+    lines += disagreement_section(result, tokenizer, CONFIDENCE_PLOT if confidence_plot else None)
     lines += allocation_section(run) + refine_section(run)
     lines += tasks_section(result)
     if "latency" in run:

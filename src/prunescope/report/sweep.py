@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +21,16 @@ BEHAVIOUR_PANELS = [
     ("kl_mean", "KL(dense || pruned), nats/token"),
     ("perplexity", "perplexity"),
 ]
+# 95 % bootstrap intervals over windows (evaluation/behaviour.py), drawn as bands: (low, high, scale column).
+CI_COLUMNS = {
+    "top1_agreement": ("top1_ci_low", "top1_ci_high", None),
+    "kl_mean": ("kl_mean_ci_low", "kl_mean_ci_high", None),
+    "perplexity": ("ppl_ratio_ci_low", "ppl_ratio_ci_high", "dense_perplexity"),  # ratio x dense ppl
+}
+CI_NOTE = (
+    "Shaded bands around the top-1, KL and perplexity curves: 95 % percentile-bootstrap intervals over the "
+    "evaluation windows (perplexity: the interval of PPL/dense PPL times the dense perplexity)."
+)
 COST_PANELS = [
     ("stored_bytes", "stored size (MB)", 1e-6),
     ("flops_per_token", "executed MFLOPs / token", 1e-6),
@@ -81,6 +90,15 @@ def threshold_crossings(table: pd.DataFrame, thresholds: list[float]) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def interval(rows: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series] | None:
+    """(low, high) of `column`'s bootstrap interval for these rows, or None when the sweep has none."""
+    low, high, scale = CI_COLUMNS.get(column, (None, None, None))
+    if low not in rows or high not in rows or rows[low].isna().all():
+        return None
+    factor = rows[scale] if scale is not None and scale in rows else 1.0
+    return rows[low] * factor, rows[high] * factor
+
+
 def plot_behaviour(table: pd.DataFrame, path: Path) -> None:
     points = collapse_points(table)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
@@ -91,6 +109,14 @@ def plot_behaviour(table: pd.DataFrame, path: Path) -> None:
             lines = ax.plot(
                 rows["target_sparsity"], rows[column], style, label=f"{method} ({pattern})", markersize=5
             )
+            bounds = interval(rows, column)
+            if bounds is not None:  # the 95 % bootstrap interval over windows
+                color = lines[0].get_color()
+                if len(rows) > 1:
+                    ax.fill_between(rows["target_sparsity"], *bounds, color=color, alpha=0.15, linewidth=0)
+                else:
+                    low, high = bounds
+                    ax.vlines(rows["target_sparsity"], low, high, color=color, linewidth=3, alpha=0.4)
             spread = rows.get(f"{column}_std")
             if spread is not None and (spread > 0).any():
                 # --seeds: mean ± one standard deviation over seeds, as a band (a bar for a lone point).
@@ -153,7 +179,7 @@ def plot_speedup(table: pd.DataFrame, path: Path) -> None:
 def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> None:
     table = sort_rows(table)
     _replace(out / "results.csv", lambda p: table.to_csv(p, index=False))
-    _replace(out / "run.json", lambda p: write_json(p, {**run, "sweep": asdict(config)}))
+    _replace(out / "run.json", lambda p: write_json(p, {**run, "sweep": config.asdict()}))
     if table.empty:
         return
     _replace(out / "behaviour.png", lambda p: plot_behaviour(table, p))
@@ -192,6 +218,7 @@ def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> Non
         "Metric definitions: docs/metrics.md in the prunescope repository.",
         *([f"Perplexity: {protocol_line}."] if protocol_line else []),
         *([SEEDS_NOTE] if has_seeds(table) else []),
+        *([CI_NOTE] if "top1_ci_low" in table.columns else []),
         "",
         "## Where top-1 agreement collapses",
         "",
@@ -212,4 +239,28 @@ def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> Non
         shown.to_markdown(index=False, floatfmt=".4g"),
         "",
     ]
+    from .frontier import frontier_report  # issue 25: frontier.png and its section, "" without --quantize
+
+    lines.append(frontier_report(table, out))
+    lines += allocations_section(out)
     _replace(out / "report.md", lambda p: p.write_text("\n".join(lines), encoding="utf-8"))
+
+
+def allocations_section(out: Path) -> list[str]:
+    """The non-uniform points' allocations side by side (block x projection heatmaps, one colour scale)."""
+    from .allocation import plot_allocation_heatmaps
+    from .sweep_points import ALLOCATIONS_FOLDER, point_allocations
+
+    mappings = point_allocations(out)
+    if not mappings:
+        return []
+    _replace(out / "allocations.png", lambda p: plot_allocation_heatmaps(mappings, p))
+    return [
+        "## Allocations",
+        "",
+        f"Per-matrix sparsity of every non-uniform point ({ALLOCATIONS_FOLDER}/<point>/allocation.json, "
+        "re-applicable with `--allocation PATH.json`).",
+        "",
+        "![allocations](allocations.png)",
+        "",
+    ]

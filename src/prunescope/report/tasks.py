@@ -23,6 +23,32 @@ def main_rows(tasks: pd.DataFrame, run: dict) -> pd.DataFrame:
     return keep.reset_index(drop=True)
 
 
+FLIP_METRICS = ("flips", "correct_to_wrong", "wrong_to_correct", "mcnemar_p")
+
+
+def flip_table(tasks: pd.DataFrame) -> pd.DataFrame:
+    """Per pruned variant and task: documents, flips, correct→wrong, wrong→correct and McNemar's p."""
+    rows = tasks[tasks["metric"].isin(FLIP_METRICS) & (tasks["variant"] != "dense")]
+    if "seed" in rows.columns and not rows.empty:
+        rows = rows[rows["seed"] == rows["seed"].iloc[0]]
+    if rows.empty:
+        return pd.DataFrame()
+    wide = rows.pivot_table(
+        index=["variant", "task"], columns="metric", values="value", aggfunc="first", sort=False
+    )
+    documents = rows.groupby(["variant", "task"], sort=False)["n"].first()
+    table = pd.DataFrame(
+        {
+            "documents": documents,
+            "flips": wide.get("flips"),
+            "correct → wrong": wide.get("correct_to_wrong"),
+            "wrong → correct": wide.get("wrong_to_correct"),
+            "McNemar p": wide.get("mcnemar_p"),
+        }
+    )
+    return table.reset_index()
+
+
 def plot_tasks(rows: pd.DataFrame, path: str | Path) -> None:
     """One panel per task: its main metric per variant, with lm-eval's stderr as error bars."""
     tasks = list(dict.fromkeys(rows["task"]))
@@ -104,6 +130,20 @@ def tasks_section(result) -> list[str]:
             f"![tasks]({PLOT_NAME})",
             "",
         ]
+    flips = flip_table(tasks)
+    if not flips.empty:
+        lines += [
+            "### Flips against dense",
+            "",
+            "Per document of each task, whether its main metric is correct for the dense model and for "
+            "the pruned one (lm-eval's per-sample results, the same documents): *correct → wrong* (b) and "
+            "*wrong → correct* (c) are document counts, *flips* = (b + c) / documents (Dutta et al. 2024), "
+            "*McNemar p* the exact two-sided test of b against c. Accuracy can stay flat while many answers "
+            "change.",
+            "",
+            flips.to_markdown(index=False, floatfmt=("g", "g", ".0f", ".4f", ".0f", ".0f", ".3g")),
+            "",
+        ]
     return lines
 
 
@@ -153,8 +193,8 @@ def sweep_tasks_section(points: pd.DataFrame, run: dict) -> list[str]:
         "## Zero-shot tasks vs sparsity",
         "",
         f"lm-evaluation-harness {info.get('lm_eval', '')}; each column is `task:<name>:<metric>` "
-        "(acc: highest log-likelihood choice; acc_norm: per byte). "
-        + (f"Dense: {dense_text}." if dense_text else ""),
+        "(acc: highest log-likelihood choice; acc_norm: per byte; flips: share of documents whose main "
+        "metric changed against dense). " + (f"Dense: {dense_text}." if dense_text else ""),
         "",
         shown.to_markdown(index=False, floatfmt=".4g"),
         "",

@@ -24,6 +24,19 @@
  * software prefetch is as fast or faster depending on the machine's state, so the benchmark times both. */
 #define PS_ROWS 4
 #define PS_INLINE static inline __attribute__((always_inline))
+/* Run the call `...` with K an integer constant equal to the token count T (1 .. PS_TILE; more runs 8): the
+ * always-inline row kernels it calls then unroll their token loops and keep the accumulators in registers. */
+#define PS_CONST_T(T, ...)                                                                                    \
+    switch (T) {                                                                                              \
+    case 1: { enum { K = 1 }; __VA_ARGS__; } break;                                                           \
+    case 2: { enum { K = 2 }; __VA_ARGS__; } break;                                                           \
+    case 3: { enum { K = 3 }; __VA_ARGS__; } break;                                                           \
+    case 4: { enum { K = 4 }; __VA_ARGS__; } break;                                                           \
+    case 5: { enum { K = 5 }; __VA_ARGS__; } break;                                                           \
+    case 6: { enum { K = 6 }; __VA_ARGS__; } break;                                                           \
+    case 7: { enum { K = 7 }; __VA_ARGS__; } break;                                                           \
+    default: { enum { K = 8 }; __VA_ARGS__; } break;                                                          \
+    }
 /* Software prefetch distance (bytes ahead of a weight stream; the two-row kernels use twice it): far
  * enough to cover DRAM latency at ~15 GB/s per core, near enough to stay inside L2. */
 #ifndef PS_PF_DIST
@@ -88,6 +101,31 @@ static inline int ctz16(unsigned k) {
 #endif
 }
 
+/* Row r of y over the a->n tokens in tiles of PS_TILE: per tile, x (its first input row) and T (its size)
+ * are in scope of the call `...`, which fills float res[PS_TILE] with the row's sums for the tile's tokens
+ * (K = T, a constant, see PS_CONST_T); y[t][r] = res[t] * SCALE + B. */
+#define PS_ROW_TILES(A, R, SCALE, B, ...)                                                                      \
+    for (int64_t t0 = 0; t0 < (A)->n; t0 += PS_TILE) {                                                        \
+        const int T = (A)->n - t0 < PS_TILE ? (int)((A)->n - t0) : PS_TILE;                                   \
+        const float *x = (A)->x + t0 * (A)->in;                                                               \
+        float res[PS_TILE];                                                                                   \
+        PS_CONST_T(T, __VA_ARGS__);                                                                           \
+        for (int t = 0; t < T; t++) (A)->y[(t0 + t) * (A)->out + (R)] = res[t] * (SCALE) + (B);               \
+    }
+
+/* PS_ROW_TILES for rows R and R + 1 at once: the call fills float res[2][PS_TILE]. */
+#define PS_ROW2_TILES(A, R, B0, B1, ...)                                                                       \
+    for (int64_t t0 = 0; t0 < (A)->n; t0 += PS_TILE) {                                                        \
+        const int T = (A)->n - t0 < PS_TILE ? (int)((A)->n - t0) : PS_TILE;                                   \
+        const float *x = (A)->x + t0 * (A)->in;                                                               \
+        float res[2][PS_TILE];                                                                                \
+        PS_CONST_T(T, __VA_ARGS__);                                                                           \
+        for (int t = 0; t < T; t++) {                                                                         \
+            (A)->y[(t0 + t) * (A)->out + (R)] = res[0][t] + (B0);                                             \
+            (A)->y[(t0 + t) * (A)->out + (R) + 1] = res[1][t] + (B1);                                         \
+        }                                                                                                     \
+    }
+
 /* ---------------------------------------------------------------------------- threading -- */
 
 typedef void (*ps_rows_fn)(const ps_args *a, int64_t r0, int64_t r1);
@@ -99,8 +137,7 @@ typedef void (*ps_rows_fn)(const ps_args *a, int64_t r0, int64_t r1);
 /* Rows per block: at least 16, and about PS_BLOCK_BYTES of weight stream.  Each block starts a new stream
  * whose first PS_PF_DIST bytes the software prefetch cannot cover, so a block must be long against it:
  * 16 rows of a 1536-wide, s = 0.5 fp32 bitmask weight are 50 KB, a sixth of them demand misses. */
-static int64_t block_rows(const ps_args *a) {
-    const int es = a->dtype == PS_F32 ? 4 : 2;
+static int64_t block_rows(const ps_args *a, int es) {
     const int64_t out = a->out > 0 ? a->out : 1;
     int64_t row_bytes = a->in * es; /* dense */
     if (a->mask) row_bytes = a->nnz * es / out + 2 * ((a->in + 15) / 16);
@@ -109,10 +146,13 @@ static int64_t block_rows(const ps_args *a) {
     return rows < 16 ? 16 : (rows + 15) / 16 * 16;
 }
 
+/* Bytes of one packed value of a float weight (the int8 path passes 1). */
+static int value_bytes(const ps_args *a) { return a->dtype == PS_F32 ? 4 : 2; }
+
 /* Blocks of rows handed out dynamically: a core shared with another process must not stall the whole call,
  * and a block's consecutive rows keep each thread's weight stream long for the prefetchers. */
-static void run_rows(ps_rows_fn fn, const ps_args *a, int nthreads) {
-    const int64_t out = a->out, block = block_rows(a), nblocks = (out + block - 1) / block;
+static void run_rows(ps_rows_fn fn, const ps_args *a, int nthreads, int es) {
+    const int64_t out = a->out, block = block_rows(a, es), nblocks = (out + block - 1) / block;
     /* tiny layers: a parallel region costs more than the work */
     if (nthreads <= 1 || nblocks <= 1 || out * a->in * (a->n < 8 ? a->n : 8) < 65536) {
         fn(a, 0, out);
@@ -129,13 +169,39 @@ static void run_rows(ps_rows_fn fn, const ps_args *a, int nthreads) {
 #endif
 }
 
+typedef void (*ps_unpack_fn)(const ps_args *a, int64_t r0, int64_t r1, float *dst);
+
+/* Rows r0..r1 unpacked into dst in static blocks of 16 rows (a panel is small and evenly dense). */
+static void run_unpack(ps_unpack_fn fn, const ps_args *a, int nthreads, int64_t r0, int64_t r1, float *dst) {
+    const int64_t block = 16, nblocks = (r1 - r0 + block - 1) / block;
+    if (nthreads <= 1 || nblocks <= 1) {
+        fn(a, r0, r1, dst);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t s0 = r0 + b * block, s1 = s0 + block < r1 ? s0 + block : r1;
+        fn(a, s0, s1, dst + (s0 - r0) * a->in);
+    }
+#else
+    fn(a, r0, r1, dst);
+#endif
+}
+
 /* ------------------------------------------------------------------------- scalar paths -- */
 
-static void bm_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
+/* Packed value p of a bitmask weight as float: a float weight's value, or (codes) an int8 code. */
+static inline float bm_val(const ps_args *a, int64_t p, int codes) {
+    return codes ? (float)((const int8_t *)a->values)[p] : load_val(a->values, p, a->dtype);
+}
+
+/* The scalar bitmask rows, for float values (scales NULL) or int8 codes times their row's scale. */
+static void bm_rows_scalar_scaled(const ps_args *a, int64_t r0, int64_t r1, const float *scales) {
     const int64_t in = a->in, W = (in + 15) / 16, n = a->n, out = a->out;
     for (int64_t r = r0; r < r1; r++) {
         const uint16_t *m = a->mask + r * W;
-        const float b = a->bias ? a->bias[r] : 0.f;
+        const float s = scales ? scales[r] : 1.f, b = a->bias ? a->bias[r] : 0.f;
         for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
             const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
             const float *x = a->x + t0 * in;
@@ -143,15 +209,17 @@ static void bm_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
             int64_t p = a->rowoff[r];
             for (int64_t w = 0; w < W; w++) {
                 for (unsigned k = m[w]; k; k &= k - 1) {
-                    const float v = load_val(a->values, p++, a->dtype);
+                    const float v = bm_val(a, p++, scales != NULL);
                     const float *xc = x + w * 16 + ctz16(k);
                     for (int t = 0; t < T; t++) acc[t] += v * xc[t * in];
                 }
             }
-            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = acc[t] + b;
+            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = acc[t] * s + b;
         }
     }
 }
+
+static void bm_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) { bm_rows_scalar_scaled(a, r0, r1, NULL); }
 
 static void csr_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
     const int64_t in = a->in, n = a->n, out = a->out;
@@ -183,16 +251,22 @@ static void dense_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
     }
 }
 
-/* Rows r0..r1 of a bitmask weight as dense float32 rows (dst: (r1 - r0) x in), zeros included. */
-static void unpack_rows_scalar(const ps_args *a, int64_t r0, int64_t r1, float *dst) {
+/* Rows r0..r1 of a bitmask weight as dense float32 rows (dst: (r1 - r0) x in), zeros included; int8 codes
+ * (scales not NULL) times their row's scale. */
+static void unpack_rows_scalar_scaled(const ps_args *a, int64_t r0, int64_t r1, float *dst, const float *scales) {
     const int64_t in = a->in, W = (in + 15) / 16;
     for (int64_t r = r0; r < r1; r++) {
         float *d = dst + (r - r0) * in;
+        const float s = scales ? scales[r] : 1.f;
         memset(d, 0, (size_t)in * sizeof(float));
         int64_t p = a->rowoff[r];
         for (int64_t w = 0; w < W; w++)
-            for (unsigned k = a->mask[r * W + w]; k; k &= k - 1) d[16 * w + ctz16(k)] = load_val(a->values, p++, a->dtype);
+            for (unsigned k = a->mask[r * W + w]; k; k &= k - 1) d[16 * w + ctz16(k)] = bm_val(a, p++, scales != NULL) * s;
     }
+}
+
+static void unpack_rows_scalar(const ps_args *a, int64_t r0, int64_t r1, float *dst) {
+    unpack_rows_scalar_scaled(a, r0, r1, dst, NULL);
 }
 
 #ifdef PS_X86
@@ -361,7 +435,7 @@ TGT512 PS_INLINE void bm_rows2T_512(const ps_args *a, int64_t r, const float *x,
 }
 
 TGT512 PS_INLINE void bm_rows_512_dt(const ps_args *a, int64_t r0, int64_t r1, int dt) {
-    const int64_t in = a->in, W = (in + 15) / 16, Wfull = in / 16, n = a->n, out = a->out;
+    const int64_t in = a->in, W = (in + 15) / 16, Wfull = in / 16, n = a->n;
     const int tail = (in % 16) != 0;
     for (int64_t r = r0; r < r1; r++) {
         const uint16_t *m = a->mask + r * W;
@@ -374,44 +448,11 @@ TGT512 PS_INLINE void bm_rows_512_dt(const ps_args *a, int64_t r0, int64_t r1, i
         }
         if (r + 1 < r1) {
             const float b1 = a->bias ? a->bias[r + 1] : 0.f;
-            for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
-                const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
-                const float *x = a->x + t0 * in;
-                float res[2][PS_TILE];
-                switch (T) {
-                case 1: bm_rows2T_512(a, r, x, 1, dt, res); break;
-                case 2: bm_rows2T_512(a, r, x, 2, dt, res); break;
-                case 3: bm_rows2T_512(a, r, x, 3, dt, res); break;
-                case 4: bm_rows2T_512(a, r, x, 4, dt, res); break;
-                case 5: bm_rows2T_512(a, r, x, 5, dt, res); break;
-                case 6: bm_rows2T_512(a, r, x, 6, dt, res); break;
-                case 7: bm_rows2T_512(a, r, x, 7, dt, res); break;
-                default: bm_rows2T_512(a, r, x, 8, dt, res); break;
-                }
-                for (int t = 0; t < T; t++) {
-                    a->y[(t0 + t) * out + r] = res[0][t] + b;
-                    a->y[(t0 + t) * out + r + 1] = res[1][t] + b1;
-                }
-            }
+            PS_ROW2_TILES(a, r, b, b1, bm_rows2T_512(a, r, x, K, dt, res));
             r++;
             continue;
         }
-        for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
-            const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
-            const float *x = a->x + t0 * in;
-            float res[PS_TILE];
-            switch (T) { /* constant T: the token loops unroll and the accumulators stay in registers */
-            case 1: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 1, dt, res); break;
-            case 2: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 2, dt, res); break;
-            case 3: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 3, dt, res); break;
-            case 4: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 4, dt, res); break;
-            case 5: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 5, dt, res); break;
-            case 6: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 6, dt, res); break;
-            case 7: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 7, dt, res); break;
-            default: bm_rowT_512(a->values, p, m, Wfull, tail, x, in, 8, dt, res); break;
-            }
-            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = res[t] + b;
-        }
+        PS_ROW_TILES(a, r, 1.f, b, bm_rowT_512(a->values, p, m, Wfull, tail, x, in, K, dt, res));
     }
 }
 
@@ -477,7 +518,7 @@ TGT512 PS_INLINE void csr_rowK_tvec_512(const ps_args *a, int64_t r, int64_t t0,
 }
 
 TGT512 PS_INLINE void csr_rows_512_dt(const ps_args *a, int64_t r0, int64_t r1, int dt) {
-    const int64_t n = a->n, out = a->out;
+    const int64_t n = a->n;
     for (int64_t r = r0; r < r1; r++) {
         if (a->xt) {
             for (int64_t t0 = 0; t0 < n; t0 += 64) {
@@ -495,22 +536,7 @@ TGT512 PS_INLINE void csr_rows_512_dt(const ps_args *a, int64_t r0, int64_t r1, 
             continue;
         }
         const float b = a->bias ? a->bias[r] : 0.f;
-        for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
-            const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
-            const float *x = a->x + t0 * a->in;
-            float res[PS_TILE];
-            switch (T) {
-            case 1: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 1, dt, res); break;
-            case 2: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 2, dt, res); break;
-            case 3: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 3, dt, res); break;
-            case 4: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 4, dt, res); break;
-            case 5: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 5, dt, res); break;
-            case 6: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 6, dt, res); break;
-            case 7: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 7, dt, res); break;
-            default: csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, 8, dt, res); break;
-            }
-            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = res[t] + b;
-        }
+        PS_ROW_TILES(a, r, 1.f, b, csr_rowT_gather_512(a, a->rowoff[r], a->rowoff[r + 1], x, K, dt, res));
     }
 }
 
@@ -603,7 +629,7 @@ TGT512 PS_INLINE void dense_rows2T_512(const float *w, const float *x, int64_t i
 }
 
 TGT512 static void dense_rows_512(const ps_args *a, int64_t r0, int64_t r1) {
-    const int64_t in = a->in, n = a->n, out = a->out;
+    const int64_t in = a->in, n = a->n;
     for (int64_t r = r0; r < r1; r++) {
         const float *w = (const float *)a->values + r * in;
         const float b = a->bias ? a->bias[r] : 0.f;
@@ -626,44 +652,11 @@ TGT512 static void dense_rows_512(const ps_args *a, int64_t r0, int64_t r1) {
         }
         if (r + 1 < r1) {
             const float b1 = a->bias ? a->bias[r + 1] : 0.f;
-            for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
-                const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
-                const float *x = a->x + t0 * in;
-                float res[2][PS_TILE];
-                switch (T) {
-                case 1: dense_rows2T_512(w, x, in, 1, res); break;
-                case 2: dense_rows2T_512(w, x, in, 2, res); break;
-                case 3: dense_rows2T_512(w, x, in, 3, res); break;
-                case 4: dense_rows2T_512(w, x, in, 4, res); break;
-                case 5: dense_rows2T_512(w, x, in, 5, res); break;
-                case 6: dense_rows2T_512(w, x, in, 6, res); break;
-                case 7: dense_rows2T_512(w, x, in, 7, res); break;
-                default: dense_rows2T_512(w, x, in, 8, res); break;
-                }
-                for (int t = 0; t < T; t++) {
-                    a->y[(t0 + t) * out + r] = res[0][t] + b;
-                    a->y[(t0 + t) * out + r + 1] = res[1][t] + b1;
-                }
-            }
+            PS_ROW2_TILES(a, r, b, b1, dense_rows2T_512(w, x, in, K, res));
             r++;
             continue;
         }
-        for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
-            const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
-            const float *x = a->x + t0 * in;
-            float res[PS_TILE];
-            switch (T) {
-            case 1: dense_rowT_512(w, x, in, 1, res); break;
-            case 2: dense_rowT_512(w, x, in, 2, res); break;
-            case 3: dense_rowT_512(w, x, in, 3, res); break;
-            case 4: dense_rowT_512(w, x, in, 4, res); break;
-            case 5: dense_rowT_512(w, x, in, 5, res); break;
-            case 6: dense_rowT_512(w, x, in, 6, res); break;
-            case 7: dense_rowT_512(w, x, in, 7, res); break;
-            default: dense_rowT_512(w, x, in, 8, res); break;
-            }
-            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = res[t] + b;
-        }
+        PS_ROW_TILES(a, r, 1.f, b, dense_rowT_512(w, x, in, K, res));
     }
 }
 
@@ -859,7 +852,7 @@ TGT2 PS_INLINE void bm_rowT_256(const ps_args *a, int64_t p, const uint16_t *m, 
 }
 
 TGT2 PS_INLINE void bm_rows_256_dt(const ps_args *a, int64_t r0, int64_t r1, int dt) {
-    const int64_t in = a->in, W = (in + 15) / 16, Wfull = in / 16, n = a->n, out = a->out;
+    const int64_t in = a->in, W = (in + 15) / 16, Wfull = in / 16, n = a->n;
     for (int64_t r = r0; r < r1; r++) {
         const uint16_t *m = a->mask + r * W;
         const float b = a->bias ? a->bias[r] : 0.f;
@@ -869,23 +862,8 @@ TGT2 PS_INLINE void bm_rows_256_dt(const ps_args *a, int64_t r0, int64_t r1, int
             a->y[r] = bm_row1_256(a, p, m, Wfull, dt, pf_lines) + b;
             continue;
         }
-        for (int64_t t0 = 0; t0 < n; t0 += PS_TILE) {
-            const int T = n - t0 < PS_TILE ? (int)(n - t0) : PS_TILE;
-            const float *x = a->x + t0 * in;
-            const int64_t p = a->rowoff[r];
-            float res[PS_TILE];
-            switch (T) {
-            case 1: bm_rowT_256(a, p, m, Wfull, x, 1, dt, res); break;
-            case 2: bm_rowT_256(a, p, m, Wfull, x, 2, dt, res); break;
-            case 3: bm_rowT_256(a, p, m, Wfull, x, 3, dt, res); break;
-            case 4: bm_rowT_256(a, p, m, Wfull, x, 4, dt, res); break;
-            case 5: bm_rowT_256(a, p, m, Wfull, x, 5, dt, res); break;
-            case 6: bm_rowT_256(a, p, m, Wfull, x, 6, dt, res); break;
-            case 7: bm_rowT_256(a, p, m, Wfull, x, 7, dt, res); break;
-            default: bm_rowT_256(a, p, m, Wfull, x, 8, dt, res); break;
-            }
-            for (int t = 0; t < T; t++) a->y[(t0 + t) * out + r] = res[t] + b;
-        }
+        const int64_t p = a->rowoff[r];
+        PS_ROW_TILES(a, r, 1.f, b, bm_rowT_256(a, p, m, Wfull, x, K, dt, res));
     }
 }
 
@@ -1050,7 +1028,7 @@ int ps_bitmask_matmul(int isa, int nthreads, const ps_args *a) {
     if (isa == PS_AVX512) fn = f512[a->dtype];
     if (isa == PS_AVX2) fn = f256[a->dtype];
 #endif
-    run_rows(fn, a, nthreads);
+    run_rows(fn, a, nthreads, value_bytes(a));
     return 0;
 }
 
@@ -1065,7 +1043,7 @@ int ps_csr16_matmul(int isa, int nthreads, const ps_args *a) {
     if (isa == PS_AVX512) fn = f512[a->dtype];
     if (isa == PS_AVX2) fn = csr_rows_256;
 #endif
-    run_rows(fn, a, nthreads);
+    run_rows(fn, a, nthreads, value_bytes(a));
     return 0;
 }
 
@@ -1080,7 +1058,7 @@ int ps_dense_matmul(int isa, int nthreads, const ps_args *a) {
     if (isa == PS_AVX512) fn = a->dtype == PS_F32 ? dense_rows_512 : f256[a->dtype];
     if (isa == PS_AVX2) fn = f256[a->dtype];
 #endif
-    run_rows(fn, a, nthreads);
+    run_rows(fn, a, nthreads, value_bytes(a));
     return 0;
 }
 
@@ -1088,24 +1066,387 @@ int ps_bitmask_unpack(int isa, int nthreads, const ps_args *a, int64_t r0, int64
     const int rc = check(isa, a);
     if (rc) return rc;
     if (r0 < 0 || r1 > a->out || r0 > r1) return -2;
-    void (*fn)(const ps_args *, int64_t, int64_t, float *) = unpack_rows_scalar;
+    ps_unpack_fn fn = unpack_rows_scalar;
 #ifdef PS_X86
     /* AVX-512 machines run the AVX2 unpack: it is a small share of the panel path (the GEMM dominates) */
     if (isa >= PS_AVX2) fn = unpack_rows_256;
 #endif
-    const int64_t block = 16, nblocks = (r1 - r0 + block - 1) / block;
-    if (nthreads <= 1 || nblocks <= 1) {
-        fn(a, r0, r1, dst);
-        return 0;
+    run_unpack(fn, a, nthreads, r0, r1, dst);
+    return 0;
+}
+
+/* ======================================================= bitmask over int8 codes (issue 25, ask 4) == */
+/* The bitmask layout with int8 codes as the packed values and one float32 scale per output row
+ * (kernels.h: ps_i8_args).  One token streams (1 - s) bytes + 1 bit per weight against dense int8's one
+ * byte, so the byte bound is 1 / ((1 - s) + 1/8), 1.6x at s = 0.5.  Each mask word's codes are expanded
+ * into their lanes (AVX-512 with VBMI2: vpexpandb straight from memory, 64 lanes per 4 mask words; other
+ * AVX-512 and AVX2: one vpshufb with a rank table per mask byte), widened int8 -> int32 -> float32 and
+ * FMA'd with the float32 input; each row sum is multiplied by its scale once, at the end.  Many tokens: the
+ * caller decompresses panels of rows (ps_bitmask_int8_unpack, code * scale) and runs a GEMM on them. */
+
+/* ------------------------------------------------------------------------- int8: scalar -- */
+
+/* The scalar bitmask paths (float values or int8 codes, see bm_rows_scalar_scaled) with the row scales. */
+static void i8_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
+    bm_rows_scalar_scaled(a, r0, r1, ((const ps_i8_args *)a)->scales);
+}
+
+static void i8_unpack_scalar(const ps_args *a, int64_t r0, int64_t r1, float *dst) {
+    unpack_rows_scalar_scaled(a, r0, r1, dst, ((const ps_i8_args *)a)->scales);
+}
+
+#ifdef PS_X86
+/* i8shuf[k]: vpshufb indices of mask byte k: byte i = rank of lane i among k's set bits, 0x80 (a zero) where
+ * bit i is clear.  The high mask byte's codes follow the low byte's c: adding c <= 8 to its indices keeps the
+ * clear lanes >= 0x80. */
+static uint64_t i8shuf[256];
+
+__attribute__((constructor)) static void i8_init(void) {
+    for (int k = 0; k < 256; k++) {
+        uint64_t v = 0;
+        int r = 0;
+        for (int i = 0; i < 8; i++) v |= ((k >> i & 1) ? (uint64_t)r++ : 0x80u) << (8 * i);
+        i8shuf[k] = v;
     }
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t b = 0; b < nblocks; b++) {
-        const int64_t s0 = r0 + b * block, s1 = s0 + block < r1 ? s0 + block : r1;
-        fn(a, s0, s1, dst + (s0 - r0) * a->in);
+}
+
+TGT2 PS_INLINE __m128i i8_shuffle16(__m128i raw, unsigned k) {
+    const uint64_t clo = (uint64_t)popcount16(k & 0xffu);
+    const __m128i ctrl = _mm_add_epi8(_mm_set_epi64x((long long)i8shuf[k >> 8], (long long)i8shuf[k & 0xffu]),
+                                      _mm_set_epi64x((long long)(clo * 0x0101010101010101ULL), 0));
+    return _mm_shuffle_epi8(raw, ctrl);
+}
+
+/* ------------------------------------------------------------------------ int8: AVX-512 -- */
+
+#define TGT512VB __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi2,popcnt,bmi,bmi2,fma,f16c")))
+
+TGT512 PS_INLINE __m512 i8_ps512(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
+
+/* 16 codes (c of them at v) in the lanes of k: VBMI2 expand-load, or a masked load (never past the c codes)
+ * and the vpshufb expand. */
+TGT512VB PS_INLINE __m128i i8_exp16_vb(const int8_t *v, unsigned k, int c) {
+    (void)c;
+    return _mm_maskz_expandloadu_epi8((__mmask16)k, v);
+}
+TGT512 PS_INLINE __m128i i8_exp16_sh(const int8_t *v, unsigned k, int c) {
+    return i8_shuffle16(_mm_maskz_loadu_epi8((__mmask16)((1u << c) - 1u), v), k);
+}
+
+/* One row, one token, VBMI2: 4 mask words (64 lanes) per vpexpandb, 4 accumulators, the prefetch of
+ * bm_row1_512 on the code stream.  The remaining words (the last one may be partial: its bits past
+ * in_features are zero and mask the input load) one at a time. */
+TGT512VB PS_INLINE float i8_row1_512vb(const int8_t *v, int64_t p, const uint16_t *m, int64_t W, int64_t in,
+                                       const float *x, int pf_lines) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const int64_t W4 = in / 64 * 4;
+    int64_t w = 0;
+    for (; w < W4; w += 4) {
+        uint64_t mm;
+        memcpy(&mm, m + w, 8);
+        prefetch_l2(v + p + PS_PF_DIST, pf_lines);
+        const __m512i b = _mm512_maskz_expandloadu_epi8((__mmask64)mm, v + p);
+        p += (int64_t)_mm_popcnt_u64(mm);
+        const float *xc = x + 16 * w;
+        a0 = _mm512_fmadd_ps(i8_ps512(_mm512_castsi512_si128(b)), _mm512_loadu_ps(xc), a0);
+        a1 = _mm512_fmadd_ps(i8_ps512(_mm512_extracti32x4_epi32(b, 1)), _mm512_loadu_ps(xc + 16), a1);
+        a2 = _mm512_fmadd_ps(i8_ps512(_mm512_extracti32x4_epi32(b, 2)), _mm512_loadu_ps(xc + 32), a2);
+        a3 = _mm512_fmadd_ps(i8_ps512(_mm512_extracti32x4_epi32(b, 3)), _mm512_loadu_ps(xc + 48), a3);
     }
+    for (; w < W; w++) {
+        const unsigned k = m[w];
+        const __m128i b = _mm_maskz_expandloadu_epi8((__mmask16)k, v + p);
+        p += popcount16(k);
+        a0 = _mm512_fmadd_ps(i8_ps512(b), _mm512_maskz_loadu_ps((__mmask16)k, x + 16 * w), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/* One row, one token, without VBMI2: 4 words per step, prefix-popcount pointers (independent expands). */
+TGT512 PS_INLINE float i8_row1_512sh(const int8_t *v, int64_t p, const uint16_t *m, int64_t W, int64_t in,
+                                     const float *x, int pf_lines) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const int64_t W4 = in / 64 * 4;
+    int64_t w = 0;
+    for (; w < W4; w += 4) {
+        uint64_t mm;
+        memcpy(&mm, m + w, 8);
+        const int64_t p1 = p + _mm_popcnt_u64(mm & 0xffffULL);
+        const int64_t p2 = p + _mm_popcnt_u64(mm & 0xffffffffULL);
+        const int64_t p3 = p + _mm_popcnt_u64(mm & 0xffffffffffffULL);
+        const int64_t p4 = p + _mm_popcnt_u64(mm);
+        prefetch_l2(v + p + PS_PF_DIST, pf_lines);
+        const float *xc = x + 16 * w;
+        a0 = _mm512_fmadd_ps(i8_ps512(i8_exp16_sh(v + p, (unsigned)mm & 0xffffu, (int)(p1 - p))),
+                             _mm512_loadu_ps(xc), a0);
+        a1 = _mm512_fmadd_ps(i8_ps512(i8_exp16_sh(v + p1, (unsigned)(mm >> 16) & 0xffffu, (int)(p2 - p1))),
+                             _mm512_loadu_ps(xc + 16), a1);
+        a2 = _mm512_fmadd_ps(i8_ps512(i8_exp16_sh(v + p2, (unsigned)(mm >> 32) & 0xffffu, (int)(p3 - p2))),
+                             _mm512_loadu_ps(xc + 32), a2);
+        a3 = _mm512_fmadd_ps(i8_ps512(i8_exp16_sh(v + p3, (unsigned)(mm >> 48), (int)(p4 - p3))),
+                             _mm512_loadu_ps(xc + 48), a3);
+        p = p4;
+    }
+    for (; w < W; w++) {
+        const unsigned k = m[w];
+        const int c = popcount16(k);
+        a0 = _mm512_fmadd_ps(i8_ps512(i8_exp16_sh(v + p, k, c)), _mm512_maskz_loadu_ps((__mmask16)k, x + 16 * w),
+                             a0);
+        p += c;
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/* The multi-token rows and the panel unpack, once per expand (VBMI2 or vpshufb) so that the vpshufb path
+ * is compiled without VBMI2 and runs on any AVX-512 CPU. */
+#define PS_I8_512(SUF, TGT)                                                                                   \
+    /* One row, T tokens: every expanded word feeds T FMAs. */                                                \
+    TGT PS_INLINE void i8_rowT_512##SUF(const int8_t *v, int64_t p, const uint16_t *m, int64_t W, int64_t in, \
+                                        const float *x, int T, float *res) {                                  \
+        __m512 acc[PS_TILE];                                                                                  \
+        for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();                                             \
+        for (int64_t w = 0; w < W; w++) {                                                                     \
+            const unsigned k = m[w];                                                                          \
+            const int c = popcount16(k);                                                                      \
+            const __m512 wv = i8_ps512(i8_exp16_##SUF(v + p, k, c));                                          \
+            const __mmask16 km = 16 * w + 16 <= in ? (__mmask16)0xffff : (__mmask16)k;                        \
+            p += c;                                                                                           \
+            for (int t = 0; t < T; t++)                                                                       \
+                acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(km, x + t * in + 16 * w), acc[t]);         \
+        }                                                                                                     \
+        for (int t = 0; t < T; t++) res[t] = _mm512_reduce_add_ps(acc[t]);                                    \
+    }                                                                                                         \
+                                                                                                              \
+    TGT static void i8_rows_512##SUF(const ps_args *a, int64_t r0, int64_t r1) {                              \
+        const ps_i8_args *q = (const ps_i8_args *)a;                                                          \
+        const int8_t *v = (const int8_t *)a->values;                                                          \
+        const int64_t in = a->in, W = (in + 15) / 16, n = a->n;                                               \
+        for (int64_t r = r0; r < r1; r++) {                                                                   \
+            const uint16_t *m = a->mask + r * W;                                                              \
+            const int64_t p = a->rowoff[r];                                                                   \
+            const float s = q->scales[r], b = a->bias ? a->bias[r] : 0.f;                                     \
+            if (n == 1) {                                                                                     \
+                const int pf_lines = prefetch_lines(a->rowoff[r + 1] - p, 1, W);                              \
+                a->y[r] = i8_row1_512##SUF(v, p, m, W, in, a->x, pf_lines) * s + b;                           \
+                continue;                                                                                     \
+            }                                                                                                 \
+            PS_ROW_TILES(a, r, s, b, i8_rowT_512##SUF(v, p, m, W, in, x, K, res));                            \
+        }                                                                                                     \
+    }                                                                                                         \
+                                                                                                              \
+    /* Rows r0..r1 dequantized: expand, widen, times the row scale, stored (the last word masked to in). */   \
+    TGT static void i8_unpack_512##SUF(const ps_args *a, int64_t r0, int64_t r1, float *dst) {                \
+        const ps_i8_args *q = (const ps_i8_args *)a;                                                          \
+        const int8_t *v = (const int8_t *)a->values;                                                          \
+        const int64_t in = a->in, W = (in + 15) / 16;                                                         \
+        for (int64_t r = r0; r < r1; r++) {                                                                   \
+            float *d = dst + (r - r0) * in;                                                                   \
+            const uint16_t *m = a->mask + r * W;                                                              \
+            const __m512 s = _mm512_set1_ps(q->scales[r]);                                                    \
+            int64_t p = a->rowoff[r];                                                                         \
+            for (int64_t w = 0; w < W; w++) {                                                                 \
+                const unsigned k = m[w];                                                                      \
+                const int c = popcount16(k);                                                                  \
+                const __m512 wv = _mm512_mul_ps(i8_ps512(i8_exp16_##SUF(v + p, k, c)), s);                    \
+                p += c;                                                                                       \
+                const int64_t rem = in - 16 * w;                                                              \
+                const __mmask16 km = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);           \
+                _mm512_mask_storeu_ps(d + 16 * w, km, wv);                                                    \
+            }                                                                                                 \
+        }                                                                                                     \
+    }
+
+PS_I8_512(vb, TGT512VB)
+PS_I8_512(sh, TGT512)
+
+/* --------------------------------------------------------------------------- int8: AVX2 -- */
+
+/* 16 codes (c of them at v) in the lanes of k; `inside`: 16 bytes from v are readable (else copied). */
+TGT2 PS_INLINE __m128i i8_exp16_256(const int8_t *v, unsigned k, int c, int inside) {
+    __m128i raw;
+    if (inside) {
+        raw = _mm_loadu_si128((const __m128i *)v);
+    } else {
+        int8_t tmp[16] = {0};
+        memcpy(tmp, v, (size_t)c);
+        raw = _mm_loadu_si128((const __m128i *)tmp);
+    }
+    return i8_shuffle16(raw, k);
+}
+
+TGT2 PS_INLINE __m256 i8_lo_ps256(__m128i b) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)); }
+TGT2 PS_INLINE __m256 i8_hi_ps256(__m128i b) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(b, b)));
+}
+
+TGT2 PS_INLINE float i8_hsum256(__m256 s8) {
+    __m128 q4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    q4 = _mm_add_ps(q4, _mm_movehl_ps(q4, q4));
+    q4 = _mm_add_ss(q4, _mm_movehdup_ps(q4));
+    return _mm_cvtss_f32(q4);
+}
+
+/* One row, one token: 4 words per step with prefix-popcount pointers, 8 accumulators (two 8-lane FMAs per
+ * word), the code-stream prefetch; the partial last word in scalar code (no input read past in_features). */
+TGT2 PS_INLINE float i8_row1_256(const int8_t *v, int64_t p, int64_t nnz, const uint16_t *m, int64_t in,
+                                 const float *x, int pf_lines) {
+    const int64_t Wfull = in / 16;
+    __m256 lo[4], hi[4];
+    for (int u = 0; u < 4; u++) lo[u] = hi[u] = _mm256_setzero_ps();
+    int64_t w = 0;
+    /* a step reads at most 16 bytes past its last pointer, which is at most p + 48 */
+    for (; w + 4 <= Wfull && p + 64 <= nnz; w += 4) {
+        uint64_t mm;
+        memcpy(&mm, m + w, 8);
+        prefetch_l2(v + p + PS_PF_DIST, pf_lines);
+        const float *xc = x + 16 * w;
+        for (int u = 0; u < 4; u++) {
+            const unsigned k = (unsigned)(mm >> (16 * u)) & 0xffffu;
+            const int64_t pu = p + _mm_popcnt_u64(mm & ((1ULL << (16 * u)) - 1ULL));
+            const __m128i b = i8_exp16_256(v + pu, k, 16, 1);
+            lo[u] = _mm256_fmadd_ps(i8_lo_ps256(b), _mm256_loadu_ps(xc + 16 * u), lo[u]);
+            hi[u] = _mm256_fmadd_ps(i8_hi_ps256(b), _mm256_loadu_ps(xc + 16 * u + 8), hi[u]);
+        }
+        p += _mm_popcnt_u64(mm);
+    }
+    for (; w < Wfull; w++) {
+        const unsigned k = m[w];
+        const int c = popcount16(k);
+        const __m128i b = i8_exp16_256(v + p, k, c, p + 16 <= nnz);
+        lo[0] = _mm256_fmadd_ps(i8_lo_ps256(b), _mm256_loadu_ps(x + 16 * w), lo[0]);
+        hi[0] = _mm256_fmadd_ps(i8_hi_ps256(b), _mm256_loadu_ps(x + 16 * w + 8), hi[0]);
+        p += c;
+    }
+    const __m256 s8 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(lo[0], hi[0]), _mm256_add_ps(lo[1], hi[1])),
+                                    _mm256_add_ps(_mm256_add_ps(lo[2], hi[2]), _mm256_add_ps(lo[3], hi[3])));
+    float res = i8_hsum256(s8);
+    if (in % 16)
+        for (unsigned k = m[Wfull]; k; k &= k - 1) res += (float)v[p++] * x[16 * Wfull + ctz16(k)];
+    return res;
+}
+
+TGT2 PS_INLINE void i8_rowT_256(const int8_t *v, int64_t p, int64_t nnz, const uint16_t *m, int64_t in,
+                                const float *x, int T, float *res) {
+    const int64_t Wfull = in / 16;
+    __m256 lo[PS_TILE], hi[PS_TILE];
+    for (int t = 0; t < T; t++) lo[t] = hi[t] = _mm256_setzero_ps();
+    for (int64_t w = 0; w < Wfull; w++) {
+        const unsigned k = m[w];
+        const int c = popcount16(k);
+        const __m128i b = i8_exp16_256(v + p, k, c, p + 16 <= nnz);
+        const __m256 w0 = i8_lo_ps256(b), w1 = i8_hi_ps256(b);
+        p += c;
+        for (int t = 0; t < T; t++) {
+            const float *xc = x + t * in + 16 * w;
+            lo[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xc), lo[t]);
+            hi[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xc + 8), hi[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) res[t] = i8_hsum256(_mm256_add_ps(lo[t], hi[t]));
+    if (in % 16) {
+        for (unsigned k = m[Wfull]; k; k &= k - 1) {
+            const float c = (float)v[p++];
+            const float *xc = x + 16 * Wfull + ctz16(k);
+            for (int t = 0; t < T; t++) res[t] += c * xc[t * in];
+        }
+    }
+}
+
+TGT2 static void i8_rows_256(const ps_args *a, int64_t r0, int64_t r1) {
+    const ps_i8_args *q = (const ps_i8_args *)a;
+    const int8_t *v = (const int8_t *)a->values;
+    const int64_t in = a->in, W = (in + 15) / 16, n = a->n;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *m = a->mask + r * W;
+        const int64_t p = a->rowoff[r];
+        const float s = q->scales[r], b = a->bias ? a->bias[r] : 0.f;
+        if (n == 1) {
+            const int pf_lines = prefetch_lines(a->rowoff[r + 1] - p, 1, W);
+            a->y[r] = i8_row1_256(v, p, a->nnz, m, in, a->x, pf_lines) * s + b;
+            continue;
+        }
+        PS_ROW_TILES(a, r, s, b, i8_rowT_256(v, p, a->nnz, m, in, x, K, res));
+    }
+}
+
+TGT2 static void i8_unpack_256(const ps_args *a, int64_t r0, int64_t r1, float *dst) {
+    const ps_i8_args *q = (const ps_i8_args *)a;
+    const int8_t *v = (const int8_t *)a->values;
+    const int64_t in = a->in, W = (in + 15) / 16, Wfull = in / 16;
+    for (int64_t r = r0; r < r1; r++) {
+        float *d = dst + (r - r0) * in;
+        const uint16_t *m = a->mask + r * W;
+        const float sf = q->scales[r];
+        const __m256 s = _mm256_set1_ps(sf);
+        int64_t p = a->rowoff[r];
+        for (int64_t w = 0; w < Wfull; w++) {
+            const unsigned k = m[w];
+            const int c = popcount16(k);
+            const __m128i b = i8_exp16_256(v + p, k, c, p + 16 <= a->nnz);
+            _mm256_storeu_ps(d + 16 * w, _mm256_mul_ps(i8_lo_ps256(b), s));
+            _mm256_storeu_ps(d + 16 * w + 8, _mm256_mul_ps(i8_hi_ps256(b), s));
+            p += c;
+        }
+        if (in % 16) {
+            for (int64_t j = 16 * Wfull; j < in; j++) d[j] = 0.f;
+            for (unsigned k = m[Wfull]; k; k &= k - 1) d[16 * Wfull + ctz16(k)] = (float)v[p++] * sf;
+        }
+    }
+}
+#endif /* PS_X86 */
+
+/* ------------------------------------------------------------------------- int8: dispatch -- */
+
+int ps_i8_has_vbmi2(void) {
+#if defined(PS_X86) && defined(__GNUC__)
+    static int has = -1;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = ps_cpu_level() >= PS_AVX512 && __builtin_cpu_supports("avx512vbmi2");
+    }
+    return has;
 #else
-    fn(a, r0, r1, dst);
+    return 0;
 #endif
+}
+
+static int i8_check(int isa, const ps_i8_args *q) {
+    const ps_args *a = &q->a;
+    if (isa < PS_SCALAR || isa > PS_AVX512 || isa > ps_cpu_level()) return -1;
+    if (a->n < 0 || a->in < 0 || a->out < 0 || a->nnz < 0 || q->variant < 0 || q->variant > 1) return -2;
+    if (a->out > 0 && (!a->mask || !a->rowoff || !q->scales)) return -2;
+    return 0;
+}
+
+static ps_rows_fn i8_rows_fn(int isa, const ps_i8_args *q) {
+    (void)q;
+#ifdef PS_X86
+    if (isa == PS_AVX512) return q->variant == 0 && ps_i8_has_vbmi2() ? i8_rows_512vb : i8_rows_512sh;
+    if (isa == PS_AVX2) return i8_rows_256;
+#else
+    (void)isa;
+#endif
+    return i8_rows_scalar;
+}
+
+int ps_bitmask_int8_matmul(int isa, int nthreads, const ps_i8_args *q) {
+    const int rc = i8_check(isa, q);
+    if (rc) return rc;
+    if (q->a.n == 0 || q->a.out == 0) return 0;
+    if (!q->a.x || !q->a.y) return -2;
+    run_rows(i8_rows_fn(isa, q), &q->a, nthreads, 1);
+    return 0;
+}
+
+int ps_bitmask_int8_unpack(int isa, int nthreads, const ps_i8_args *q, int64_t r0, int64_t r1, float *dst) {
+    const int rc = i8_check(isa, q);
+    if (rc) return rc;
+    if (r0 < 0 || r1 > q->a.out || r0 > r1 || (r1 > r0 && !dst)) return -2;
+    ps_unpack_fn fn = i8_unpack_scalar;
+#ifdef PS_X86
+    if (isa == PS_AVX512) fn = q->variant == 0 && ps_i8_has_vbmi2() ? i8_unpack_512vb : i8_unpack_512sh;
+    if (isa == PS_AVX2) fn = i8_unpack_256;
+#endif
+    run_unpack(fn, &q->a, nthreads, r0, r1, dst);
     return 0;
 }

@@ -47,4 +47,19 @@ int ps_dense_matmul(int isa, int nthreads, const ps_args *a);
 int ps_flush(const void *p, int64_t nbytes);
 int ps_bitmask_unpack(int isa, int nthreads, const ps_args *a, int64_t r0, int64_t r1, float *dst);
 
+/* Bitmask over int8 codes (issue 25): the bitmask layout above (mask words, row offsets) with int8 codes
+ * as the packed values (a.values, a.nnz codes; a.dtype unused) and one float32 scale per output row:
+ * y[t][r] = scales[r] * sum_j code[r][j] * x[t][j] + bias[r], the sum accumulated in float32. */
+typedef struct {
+    ps_args a;
+    const float *scales; /* out entries */
+    int variant;         /* AVX-512 only: 0 = best (VBMI2 byte expand where the CPU has it), 1 = vpshufb */
+} ps_i8_args;
+
+/* Non-zero when the AVX-512 int8 path can use the VBMI2 byte expand on this CPU. */
+int ps_i8_has_vbmi2(void);
+int ps_bitmask_int8_matmul(int isa, int nthreads, const ps_i8_args *q);
+/* Rows r0..r1 dequantized (code * scale) into dst ((r1 - r0) x in float32, zeros included). */
+int ps_bitmask_int8_unpack(int isa, int nthreads, const ps_i8_args *q, int64_t r0, int64_t r1, float *dst);
+
 #endif

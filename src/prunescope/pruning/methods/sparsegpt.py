@@ -9,58 +9,33 @@ error it leaves is spread over the not-yet-processed columns through the upper C
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..errors import PrunescopeError
-from ..layers import linear_weight
-from .record import LayerChange, record_update
-from .selection import n_m_mask, smallest_mask
-from .spec import PruneSpec
-
-# If H + damp·I is still not positive definite (numerically), retry with this many times more dampening.
-_DAMP_RETRY_FACTOR = 10.0
-_DAMP_RETRIES = 4
+from ...errors import PrunescopeError
+from ...layers import linear_weight
+from ...util.linalg import HessianStats, inverse_hessian_factor, kill_dead_inputs, lazy_blocks
+from ..record import LayerChange, record_update
+from ..registry import register_method
+from ..selection import n_m_mask, smallest_mask
+from ..spec import PruneSpec
 
 
-class HessianStats:
-    """Running H = (2 / samples) · Σ X Xᵀ of one projection's inputs."""
+@dataclass(frozen=True)
+class SparseGPTOptions:
+    damp: float = field(
+        default=0.01,
+        metadata={"help": "SparseGPT: dampening added to the Hessian diagonal, as a fraction of its mean."},
+    )
+    blocksize: int = field(
+        default=128, metadata={"help": "SparseGPT: columns pruned and updated together (lazy batch size)."}
+    )
 
-    def __init__(self, in_features: int, device: torch.device) -> None:
-        self.hessian = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
-        self.samples = 0
-
-    def add(self, inputs: torch.Tensor) -> None:
-        """`inputs` (batch, ..., in): one sample per batch row, as the projection received them."""
-        batch = inputs.shape[0] if inputs.dim() > 2 else 1
-        x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)
-        self.hessian *= self.samples / (self.samples + batch)
-        self.samples += batch
-        x = x * (2.0 / self.samples) ** 0.5
-        self.hessian.addmm_(x.T, x)
-
-
-def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp · mean(diag H), retrying with more dampening."""
-    lam = damp * torch.mean(torch.diag(hessian))
-    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
-    for attempt in range(_DAMP_RETRIES + 1):
-        try:
-            lower = torch.linalg.cholesky(hessian + lam * eye)
-            inverse = torch.cholesky_inverse(lower)
-            return torch.linalg.cholesky(inverse, upper=True)
-        except torch.linalg.LinAlgError:
-            if attempt == _DAMP_RETRIES:
-                break
-            lam = lam * _DAMP_RETRY_FACTOR if lam > 0 else torch.tensor(1e-6, device=hessian.device)
-            warnings.warn(
-                f"SparseGPT: Hessian not positive definite; retrying with dampening {float(lam):.3g}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    raise PrunescopeError("SparseGPT: the layer Hessian stays singular even with strong dampening")
+    def __post_init__(self) -> None:
+        if self.damp < 0 or self.blocksize < 1:
+            raise PrunescopeError("--sparsegpt-damp must be >= 0 and --sparsegpt-blocksize >= 1")
 
 
 def _block_mask(scores: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
@@ -74,24 +49,17 @@ def sparsegpt_solve(
     """Pruned and reconstructed copy of `weight` (out, in), fp32, and its mask (True = pruned)."""
     w = weight.detach().to(torch.float32).clone()
     h = hessian.clone()
-    rows, cols = w.shape
-    # Inputs that were always zero carry no information: their weights go, and H_jj = 1 keeps H invertible.
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    hinv = inverse_hessian_factor(h, spec.damp)
+    kill_dead_inputs(w, h)
+    options = spec.method_options
+    hinv = inverse_hessian_factor(h, options.damp, "SparseGPT", stacklevel=1)
 
     n, m = (spec.pattern.n, spec.pattern.m) if spec.pattern.structured else (0, 0)
-    blocksize = spec.blocksize
+    blocksize = options.blocksize
     if m and blocksize % m:
         blocksize += m - blocksize % m  # an N:M group must not straddle two blocks
     mask = torch.zeros_like(w, dtype=torch.bool)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        w1 = w[:, i1:i2].clone()
-        hinv1 = hinv[i1:i2, i1:i2]
+    for i1, i2, w1, errors, hinv1 in lazy_blocks(w, hinv, blocksize):
         d = torch.diag(hinv1)
-        errors = torch.zeros_like(w1)
         mask1 = torch.zeros_like(w1, dtype=torch.bool)
         if not m:
             mask1 = _block_mask(w1.pow(2) / d.pow(2).unsqueeze(0), spec)
@@ -108,8 +76,6 @@ def sparsegpt_solve(
             errors[:, i] = err
         w[:, i1:i2] = w1
         mask[:, i1:i2] = mask1
-        # Lazy batch update of all columns right of the block, once per block.
-        w[:, i2:] -= errors @ hinv[i1:i2, i2:]
     return w, mask
 
 
@@ -121,3 +87,17 @@ def prune_sparsegpt(module: nn.Module, stats: HessianStats, spec: PruneSpec) -> 
         weight.copy_(pruned.to(weight.dtype))
         weight.masked_fill_(mask, 0)  # exact zeros even after a cast to half precision
     return record_update(module, original, mask)
+
+
+register_method(
+    "sparsegpt",
+    cite="Frantar & Alistarh 2023, SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot "
+    "(arXiv:2301.00774; github.com/IST-DASLab/sparsegpt)",
+    options=SparseGPTOptions,
+    prefix="sparsegpt",
+    old_names={"sparsegpt_damp": "damp", "sparsegpt_blocksize": "blocksize"},  # run.json keeps these
+    natural_scope="layer",
+    scopes=("layer",),
+    stats=HessianStats,
+    prune_layer=prune_sparsegpt,
+)

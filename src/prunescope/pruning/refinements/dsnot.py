@@ -26,16 +26,32 @@ sparsegpt`: their mask is refined on the original weights, without the update.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from ..layers import linear_weight
-from .record import LayerChange, apply_mask, restore_layer
-from .spec import PruneSpec
+from ...errors import PrunescopeError
+from ...layers import linear_weight
+from ..record import LayerChange, apply_mask, restore_layer
+from ..registry import register_refinement
+from ..spec import PruneSpec
 
 # Rows are refined in chunks: a cycle holds a few (rows, in) float32 temporaries, bounded to ~this many.
 _CHUNK_ELEMENTS = 1 << 22
 _VAR_FLOOR = 1e-12  # a constant channel has no variance: its regrow score stays finite
+
+
+@dataclass(frozen=True)
+class DSnoTOptions:
+    cycles: int = field(default=50, metadata={"help": "DSnoT: at most this many swaps per row."})
+    threshold: float = field(
+        default=0.1, metadata={"help": "DSnoT: rows with |expected error| at or below this are left alone."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.cycles < 0 or self.threshold < 0:
+            raise PrunescopeError("--refine-cycles and --refine-threshold must be >= 0")
 
 
 class MomentStats:
@@ -78,6 +94,7 @@ def _refine_rows(
 ) -> tuple[torch.Tensor, int]:
     """Refined mask of a chunk of rows (same shape), and the number of swaps made."""
     rows, cols = weight.shape
+    options: DSnoTOptions = spec.refine_options
     w = weight.to(torch.float32)
     contribution = w * stats.mean.unsqueeze(0)
     regrow_score = contribution / stats.variance.clamp_min(_VAR_FLOOR).unsqueeze(0)
@@ -85,11 +102,11 @@ def _refine_rows(
     mask = mask.clone()
     error = (contribution.to(torch.float64) * mask).sum(1)
     touched = torch.zeros_like(mask)
-    active = error.abs() > spec.refine_threshold
+    active = error.abs() > options.threshold
     group = torch.arange(cols, device=w.device) // spec.pattern.m if spec.pattern.structured else None
     swaps = 0
     inf = torch.tensor(float("inf"), device=w.device)
-    for _ in range(spec.refine_cycles):
+    for _ in range(options.cycles):
         # Only the rows still above the threshold are worked on: most rows settle in a few cycles.
         rows_left = active.nonzero().flatten()
         if not rows_left.numel():
@@ -115,7 +132,7 @@ def _refine_rows(
         e = torch.where(swap, after.gather(1, k.unsqueeze(1)).squeeze(1), e)
         error[rows_left] = e
         swaps += int(swap.sum())
-        active[rows_left] = has_j & (e.abs() > spec.refine_threshold)
+        active[rows_left] = has_j & (e.abs() > options.threshold)
     return mask, swaps
 
 
@@ -135,7 +152,7 @@ def refine_mask(
     after = row_errors(weight, refined, stats.mean).abs()
     info = {
         "swaps": swaps,
-        "rows_above_threshold": int((before > spec.refine_threshold).sum()),
+        "rows_above_threshold": int((before > spec.refine_options.threshold).sum()),
         "error_before": float(before.sum()),
         "error_after": float(after.sum()),
     }
@@ -151,3 +168,14 @@ def refine_layer(
     restore_layer(module, change)  # the original values: regrown weights need them
     refined, info = refine_mask(linear_weight(module).detach(), mask, stats, spec)
     return apply_mask(module, refined), info
+
+
+register_refinement(
+    "dsnot",
+    cite="Zhang et al. 2024, Dynamic Sparse No Training: Training-Free Fine-tuning for Sparse LLMs "
+    "(ICLR 2024, arXiv:2310.08915; github.com/zyxxmu/DSnoT)",
+    options=DSnoTOptions,
+    prefix="refine",
+    stats=MomentStats,
+    refine=refine_layer,
+)

@@ -1,52 +1,25 @@
-"""Latency results as tables: CSV/JSON files, plots, markdown, and the section `prunescope study` embeds."""
+"""Latency results as files and text: CSV/JSON, plots, markdown, and the section a study embeds.
+
+The only place latency results are written (issue 26: only `report/` writes result files); `latency/`
+measures and returns a `LatencyResult`.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-from torch import nn
 
-from ..errors import PrunescopeError
-from ..report.output import write_json
-from .benchmark import LatencyConfig, LatencyResult, _context_length, dense_copy, prune_copy, run_latency
-from .machine import machine_line
-from .variants import MASKED, parse_formats
+from ..hardware.machine import machine_line
+from ..latency.benchmark import LatencyResult
+from .output import write_json
 
-LAYER_COLUMNS = [
-    "shape",
-    "n",
-    "format",
-    "status",
-    "median_s",
-    "min_s",
-    "max_s",
-    "repeats",
-    "speedup",
-    "flop_theory",
-    "byte_theory",
-    "measured_over_flop",
-    "measured_over_bytes",
-]
-MODEL_COLUMNS = [
-    "kind",
-    "batch",
-    "seqlen",
-    "format",
-    "status",
-    "median_s",
-    "min_s",
-    "max_s",
-    "repeats",
-    "tokens_per_s",
-    "speedup",
-    "flop_theory",
-    "byte_theory",
-    "measured_over_flop",
-    "measured_over_bytes",
-]
+# Columns of every timed variant, and its speed against dense and against the two theoretical bounds.
+_TIMED = ["format", "status", "median_s", "min_s", "max_s", "repeats"]
+_VS_THEORY = ["speedup", "flop_theory", "byte_theory", "measured_over_flop", "measured_over_bytes"]
+LAYER_COLUMNS = ["shape", "n", *_TIMED, *_VS_THEORY]
+MODEL_COLUMNS = ["kind", "batch", "seqlen", *_TIMED, "tokens_per_s", *_VS_THEORY]
 PLOTS = {
     "speedup_vs_tokens": "latency_speedup_vs_tokens.png",
     "measured_vs_theory": "latency_measured_vs_theory.png",
@@ -93,7 +66,8 @@ def render_markdown(result: LatencyResult, plots: bool = False) -> str:
     lines = [
         f"- {environment_line(result.environment)}",
         f"- timing: {policy.get('warmup')} warm-up calls, then interleaved rounds until every variant has "
-        f">= {policy.get('min_repeats')} samples and >= {policy.get('min_time')} s; medians shown. "
+        f">= {policy.get('min_repeats')} samples and >= {policy.get('min_time')} s "
+        f"({result.environment.get('timer', 'host clock')}); medians shown. "
         "Outputs checked against the masked model before timing.",
         "- speedup = dense median / variant median (same run). flop_theory = 2·in·out / executed FLOPs; "
         "byte_theory = dense bytes / stored bytes; measured_over_* = speedup / theory.",
@@ -117,7 +91,7 @@ def render_markdown(result: LatencyResult, plots: bool = False) -> str:
 
 
 def write_plots(result: LatencyResult, directory: str | Path) -> list[Path]:
-    from ..report.plots_latency import plot_measured_vs_theory, plot_model_speedup, plot_speedup_vs_tokens
+    from .plots_latency import plot_measured_vs_theory, plot_model_speedup, plot_speedup_vs_tokens
 
     directory = Path(directory)
     layers, model = frames(result)
@@ -151,65 +125,10 @@ def write_latency(result: LatencyResult, directory: str | Path) -> list[Path]:
     return [*paths, report]
 
 
-def _unwrap_model(source) -> nn.Module:
-    # A LoadedModel carries the module in `.model`; an HF model's own `.model` is its inner decoder.
-    return source if isinstance(source, nn.Module) else source.model
-
-
-def latency_section(
-    result_or_model,
-    *,
-    model: nn.Module | None = None,
-    record=None,
-    spec=None,
-    pruned: list[str] | None = None,
-    calibration=None,
-    formats: list[str] | str | None = None,
-    config: LatencyConfig | None = None,
-    plot_dir: str | Path | None = None,
-    on_step=None,
-) -> dict:
-    """Latency figures for a study report: {"markdown": str, "rows": [...], "model_rows": [...], ...}.
-
-    Three ways to call it:
-    - `latency_section(result, model=loaded.model)` after `run_study` (the model is dense again): the
-      study's spec, pruned layers and variants are reused and a pruned copy is made (`calibration` is
-      needed again for wanda/sparsegpt);
-    - `latency_section(model, record=record, pruned=names)` while the model is pruned in place (inside
-      `run_study`, before `restore`): the dense baseline is a restored copy, nothing is pruned twice;
-    - `latency_section(model, spec=spec, pruned=names)` on a dense model.
-    `plot_dir` (the study's results folder) receives the plots, which the markdown then embeds.
-    """
-    from ..layers import prunable_layers
-
-    if hasattr(result_or_model, "spec") and hasattr(result_or_model, "pruned_layers"):
-        if model is None:
-            raise PrunescopeError("latency_section(result, model=...) needs the study's (dense) model")
-        spec = spec or result_or_model.spec
-        pruned = pruned or list(result_or_model.pruned_layers)
-        if formats is None:
-            formats = list(result_or_model.config.variants)
-        source = _unwrap_model(model)
-    else:
-        source = _unwrap_model(result_or_model)
-    pruned = pruned or list(prunable_layers(source))
-    config = config or study_latency_config()
-    if formats is not None:
-        # A study's base variants are dense and masked; latency adds masked when the study had it not.
-        chosen = parse_formats(formats)
-        config = replace(config, formats=chosen if MASKED in chosen else [chosen[0], MASKED, *chosen[1:]])
-    if record is not None:
-        pruned_model, dense_model = source, dense_copy(source, record)
-    elif spec is not None:
-        if spec.needs_calibration and not calibration:
-            raise PrunescopeError(f"latency of a {spec.method} model needs its calibration data again")
-        dense_model, pruned_model = source, prune_copy(source, pruned, spec, calibration)
-    else:
-        raise PrunescopeError("latency_section needs a study result, a prune record or a prune spec")
-    # A study's report uses the default grid: fit its prefill lengths to a short-context model.
-    context = _context_length(source)
-    config = replace(config, prefill_grid=[(b, min(s, context)) for b, s in config.prefill_grid])
-    result = run_latency(dense_model, pruned_model, pruned, config, on_step=on_step)
+def latency_report(result: LatencyResult, plot_dir: str | Path | None = None) -> dict:
+    """The latency section of a study report: {"markdown", "rows", "model_rows", "environment",
+    "config"}, rows as strict JSON.  `plot_dir` (the study's results folder) receives the plots, which
+    the markdown then embeds."""
     if plot_dir is not None:
         write_plots(result, plot_dir)
     return {
@@ -219,16 +138,3 @@ def latency_section(
         "environment": {k: v for k, v in result.environment.items() if k != "torch_config"},
         "config": result.config,
     }
-
-
-def study_latency_config() -> LatencyConfig:
-    """Smaller than `prunescope bench`'s defaults: a study's report should not take minutes more."""
-    from .timing import TimingPolicy
-
-    return LatencyConfig(
-        tokens=[1, 64],
-        prefill_grid=[(1, 128)],
-        decode_batches=[1],
-        decode_tokens=8,
-        policy=TimingPolicy(min_time=0.1, min_repeats=5, max_time=1.0),
-    )

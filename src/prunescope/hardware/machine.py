@@ -1,5 +1,8 @@
 """Facts about the machine a latency figure was measured on: CPU, caches, ISA path, threads, huge pages.
 
+This module sits below `formats` and `latency` (both use it) and imports neither: what only the native
+kernels know (their ISA path, a clflush of a tensor's lines) is passed in by the caller.
+
 A speedup measured on one x86 machine does not carry over to another (a 32 MiB L3 and a 480 MiB L3 make
 the same 64 MB weight cold or hot; MKL's GEMV is fast on one CPU and slow on another), so every result
 names the machine it came from.  Cache sizes come from sysfs (`/sys/devices/system/cpu/cpu0/cache`),
@@ -18,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..formats import native
+# Takes tensors out of every cache level in place (e.g. `formats.native.flush_cache`); False when it cannot.
+LineFlush = Callable[[list[torch.Tensor]], bool]
 
 SYSFS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
 # Used only when neither sysfs nor lscpu says: larger than most desktop L3s, so "cold" stays cold.
@@ -82,6 +86,16 @@ def llc_bytes(caches: dict[str, int] | None = None) -> int:
     return max(caches.values()) if caches else FALLBACK_LLC_BYTES
 
 
+def last_level_cache(device: torch.device | str | None = None) -> int:
+    """Bytes of the last cache a weight on `device` is read through: the GPU's L2 on CUDA, else the CPU's
+    LLC.  Cold-cache timing sizes its rotated copies and flush buffers from it."""
+    if device is not None and torch.device(device).type == "cuda":
+        from .gpu import l2_bytes
+
+        return l2_bytes(torch.device(device))
+    return llc_bytes()
+
+
 @lru_cache(maxsize=1)
 def cpu_info() -> dict:
     """Model name, vendor, family/model numbers and the kernel-relevant flags from /proc/cpuinfo."""
@@ -105,21 +119,50 @@ def cpu_info() -> dict:
     }
 
 
+def storage_parts(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The plain tensors holding the data of strided, sparse CSR/BSR and COO tensors (others skipped)."""
+    parts = []
+    for t in tensors:
+        if t.layout == torch.strided:
+            try:
+                t.data_ptr()  # wrapper subclasses (no storage of their own) raise here
+            except RuntimeError:
+                continue
+            parts.append(t)
+        elif t.layout in (torch.sparse_csr, torch.sparse_bsr):
+            parts += [t.crow_indices(), t.col_indices(), t.values()]
+        elif t.layout == torch.sparse_coo:
+            parts += [t._indices(), t._values()]
+    return parts
+
+
 def tensor_bytes(tensors: list[torch.Tensor]) -> int:
     """Bytes the tensors really hold (a sparse CSR tensor's numel() counts its zeros too)."""
-    return sum(t.numel() * t.element_size() for t in native.storage_parts(tensors))
+    return sum(t.numel() * t.element_size() for t in storage_parts(tensors))
 
 
-def cache_flusher(tensors: list[torch.Tensor], llc: int | None = None) -> Callable[[], None]:
-    """A call that takes `tensors` out of every cache level: clflush of their lines where the native
-    extension can (cheap, proportional to their size), else streaming a buffer of 2x the LLC."""
-    from .timing import evictor
+def cache_flusher(
+    tensors: list[torch.Tensor],
+    llc: int | None = None,
+    flush_lines: LineFlush | None = None,
+    device: torch.device | str | None = None,
+) -> Callable[[], None]:
+    """A call that takes `tensors` out of every cache level.
 
+    On a CUDA `device` (default: the first tensor's), writing a buffer larger than the GPU's L2
+    (`hardware.timing.gpu_flusher`).  On the CPU, `flush_lines(tensors)` where it can (the native
+    clflush: cheap, proportional to their size), else streaming a buffer of 2x the LLC."""
+    from .timing import evictor, gpu_flusher
+
+    if device is None:
+        device = tensors[0].device if tensors else torch.device("cpu")
+    if torch.device(device).type == "cuda":
+        return gpu_flusher(device)
     tensors = [t for t in tensors if t.is_cpu]
-    if native.flush_cache(tensors[:1]):
+    if flush_lines is not None and flush_lines(tensors[:1]):
 
         def flush() -> None:
-            native.flush_cache(tensors)
+            flush_lines(tensors)
 
         return flush
     return evictor(2 * (llc or llc_bytes()))
@@ -138,11 +181,19 @@ def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:g} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:g} KiB"
 
 
-def machine_facts(dtype: torch.dtype | str | None = None, cache: str | None = None) -> dict:
-    """What every latency result records about where and how it was measured."""
+def machine_facts(
+    dtype: torch.dtype | str | None = None,
+    cache: str | None = None,
+    isa: str | None = None,
+    device: torch.device | str | None = None,
+) -> dict:
+    """What every latency result records about where and how it was measured.
+
+    `isa` is the native kernel path in use (the caller asks `formats.native.resolve_kernel()`); on a CUDA
+    `device` the GPU is named too (`gpu`: name, compute capability, L2, memory, driver, versions)."""
     caches = cache_sizes()
     info = cpu_info()
-    return {
+    facts = {
         "cpu": info["cpu"],
         "cpu_vendor": info["vendor"],
         "cpu_family": info["family"],
@@ -152,7 +203,7 @@ def machine_facts(dtype: torch.dtype | str | None = None, cache: str | None = No
         "caches_bytes": caches,
         "llc_bytes": llc_bytes(caches),
         "llc_source": "sysfs/lscpu" if caches else "fallback",
-        "isa": native.resolve_kernel(),
+        "isa": isa,
         "threads": torch.get_num_threads(),
         # PyTorch's switch (tensors >= 2 MB on transparent huge pages) and the kernel's THP mode
         "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
@@ -160,6 +211,11 @@ def machine_facts(dtype: torch.dtype | str | None = None, cache: str | None = No
         "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
         "cache": cache,
     }
+    if device is not None and torch.device(device).type == "cuda":
+        from .gpu import gpu_facts
+
+        facts["gpu"] = gpu_facts(torch.device(device))
+    return facts
 
 
 def machine_line(facts: dict) -> str:
@@ -170,7 +226,14 @@ def machine_line(facts: dict) -> str:
     caches = ", ".join(f"{k} {_mib(v)}" for k, v in facts.get("caches_bytes", {}).items()) or (
         f"LLC {_mib(facts['llc_bytes'])} (fallback)"
     )
-    parts = [f"{facts['cpu']}{family}", caches, f"isa {facts['isa']}", f"{facts['threads']} threads"]
+    parts = [f"{facts['cpu']}{family}", caches]
+    if facts.get("isa"):
+        parts.append(f"isa {facts['isa']}")
+    parts.append(f"{facts['threads']} threads")
+    if facts.get("gpu"):
+        from .gpu import gpu_line
+
+        parts.insert(0, gpu_line(facts["gpu"]))
     if facts.get("dtype"):
         parts.append(facts["dtype"])
     if facts.get("cache"):

@@ -6,7 +6,7 @@ The first term is the weight's share of its input channel (column), the second i
 ||X_j||_2 is Wanda's statistic (`wanda.WandaStats`: running mean over samples of ||X_j||^2, square-rooted).
 The lowest scores of each matrix are pruned (scope `layer`, the reference's default), or of each row with
 scope `row` (the reference's `--per_outneuron`), or per N:M group. Calibration and the sequential block
-pass are the shared engine's (`calibrated.py`).
+pass are the shared driver's (`driver.py`).
 
 Channel permutation (the reference's `--reallocation` for N:M) is not implemented: its mask is N:M only in
 a permuted input order, which a saved model does not follow unless the producer's rows are permuted too.
@@ -14,14 +14,27 @@ a permuted input order, which a saved model does not follow unless the producer'
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from ..layers import linear_weight
-from .magnitude import mask_from_scores
-from .record import LayerChange, apply_mask
-from .spec import PruneSpec
+from ...errors import PrunescopeError
+from ...layers import linear_weight
+from ..record import LayerChange, apply_mask
+from ..registry import register_method
+from ..scoring import mask_from_scores
+from ..spec import PruneSpec
 from .wanda import WandaStats
+
+
+@dataclass(frozen=True)
+class RIAOptions:
+    alpha: float = field(default=0.5, metadata={"help": "RIA: exponent of the input-channel norm ||X_j||."})
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise PrunescopeError(f"--ria-alpha must be >= 0, got {self.alpha}")
 
 
 def ria_scores(weight: torch.Tensor, stats: WandaStats, alpha: float) -> torch.Tensor:
@@ -39,5 +52,18 @@ def ria_mask(scores: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
 
 
 def prune_ria(module: nn.Module, stats: WandaStats, spec: PruneSpec) -> LayerChange:
-    mask = ria_mask(ria_scores(linear_weight(module), stats, spec.ria_alpha), spec)
+    mask = ria_mask(ria_scores(linear_weight(module), stats, spec.method_options.alpha), spec)
     return apply_mask(module, mask)
+
+
+register_method(
+    "ria",
+    cite="Zhang et al. 2024, Plug-and-Play: An Efficient Post-training Pruning Method for Large Language "
+    "Models (ICLR 2024; github.com/biomedical-cybernetics/Relative-importance-and-activation-pruning)",
+    options=RIAOptions,
+    prefix="ria",
+    natural_scope="layer",
+    scopes=("layer", "row"),
+    stats=WandaStats,
+    prune_layer=prune_ria,
+)

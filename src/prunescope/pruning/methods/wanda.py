@@ -9,13 +9,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import linear_weight
-from .record import LayerChange, apply_mask
-from .selection import n_m_mask, row_smallest_mask
-from .spec import PruneSpec
+from ...layers import linear_weight
+from ...util.linalg import RunningSampleMean
+from ..record import LayerChange, apply_mask
+from ..registry import register_method
+from ..selection import n_m_mask, row_smallest_mask
+from ..spec import PruneSpec
 
 
-class WandaStats:
+class WandaStats(RunningSampleMean):
     """Running mean over samples of the squared input-channel norms of one projection."""
 
     def __init__(self, in_features: int, device: torch.device) -> None:
@@ -24,10 +26,7 @@ class WandaStats:
 
     def add(self, inputs: torch.Tensor) -> None:
         """`inputs` (batch, ..., in): one sample per batch row, as the projection received them."""
-        batch = inputs.shape[0] if inputs.dim() > 2 else 1
-        x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32)
-        self.sq_norms *= self.samples / (self.samples + batch)
-        self.samples += batch
+        x = self._next_batch(inputs, self.sq_norms)
         self.sq_norms += x.pow(2).sum(0) / self.samples
 
 
@@ -45,3 +44,14 @@ def wanda_mask(scores: torch.Tensor, spec: PruneSpec) -> torch.Tensor:
 def prune_wanda(module: nn.Module, stats: WandaStats, spec: PruneSpec) -> LayerChange:
     mask = wanda_mask(wanda_scores(linear_weight(module), stats), spec)
     return apply_mask(module, mask)
+
+
+register_method(
+    "wanda",
+    cite="Sun et al. 2023, A Simple and Effective Pruning Approach for Large Language Models "
+    "(arXiv:2306.11695; github.com/locuslab/wanda)",
+    natural_scope="row",
+    scopes=("row",),
+    stats=WandaStats,
+    prune_layer=prune_wanda,
+)

@@ -11,6 +11,10 @@ every sample lasts about the same time, well above the clock's resolution.
 Cache state: `cold_candidate` makes every timed call read weights that are in no cache (rotating over
 copies whose total exceeds twice the last-level cache, or flushing a working set too small to rotate
 before each sample), as decode of a model larger than the cache does; plain candidates are "hot".
+
+On a GPU (`timer_for(cuda device)`) a sample is timed with a pair of CUDA events around its calls (the
+host's clock would time the launches, not the kernels), and "cold" means the GPU's L2 is flushed between
+timed calls by writing a buffer larger than it (`gpu_flusher`), as `triton.testing.do_bench` does.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ..errors import PrunescopeError
 
@@ -29,6 +34,79 @@ Clock = Callable[[], float]
 
 def _no_sync() -> None:
     return None
+
+
+# ----------------------------------------------------------------------------------------------- timers
+
+
+class Timer(Protocol):
+    """Times one sample: `start()` before its calls, `stop()` after them returns the seconds between."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> float: ...
+
+
+class WallTimer:
+    """The host's clock, with `sync` (waiting for queued device work) before reading it each time."""
+
+    def __init__(self, clock: Clock = time.perf_counter, sync: Callable[[], None] = _no_sync) -> None:
+        self.clock = clock
+        self.sync = sync
+        self.began = 0.0
+
+    def start(self) -> None:
+        self.sync()
+        self.began = self.clock()
+
+    def stop(self) -> float:
+        self.sync()
+        return self.clock() - self.began
+
+
+class CudaEventTimer:
+    """A pair of CUDA events recorded on the current stream around the calls: the GPU's own time of the
+    kernels, not of their launches.  `cuda` is `torch.cuda` (a stub in tests)."""
+
+    def __init__(self, cuda: Any = None) -> None:
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda
+        self.cuda = cuda
+        self.begin: Any = None
+
+    def start(self) -> None:
+        self.begin = self.cuda.Event(enable_timing=True)
+        self.begin.record()
+
+    def stop(self) -> float:
+        end = self.cuda.Event(enable_timing=True)
+        end.record()
+        end.synchronize()
+        return self.begin.elapsed_time(end) / 1e3  # milliseconds
+
+
+def device_sync(device: Any) -> Callable[[], None]:
+    """Wait for queued GPU work, so a host-clock sample measures the kernels and not their launch."""
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.synchronize
+    if kind == "mps":
+        return torch.mps.synchronize
+    return _no_sync
+
+
+def timer_for(device: Any, clock: Clock | None = None, sync: Callable[[], None] | None = None) -> Timer:
+    """CUDA events on a CUDA device (unless a `clock` is injected, as tests do), else the host clock
+    with the device's synchronisation."""
+    import torch
+
+    if clock is None and sync is None and torch.device(device).type == "cuda":
+        return CudaEventTimer()
+    return WallTimer(clock or time.perf_counter, sync or device_sync(device))
 
 
 @dataclass(frozen=True)
@@ -118,21 +196,20 @@ class Timing:
 
 
 def _one_sample(
-    candidate: Candidate, inner: int, clock: Clock, sync: Callable[[], None], setup_time: list | None = None
+    candidate: Candidate, inner: int, clock: Clock, timer: Timer, setup_time: list | None = None
 ) -> float:
-    """Total seconds of `inner` calls; work queued before the start (setup) is finished first.
-    The setup's seconds are appended to `setup_time` when given."""
+    """Total seconds of `inner` calls; work queued before the start (setup) is finished first (a wall
+    timer syncs, CUDA events are ordered after it on the stream).  The setup's host seconds are appended
+    to `setup_time` when given."""
     if candidate.setup is not None:
         before = clock()
         candidate.setup()
         if setup_time is not None:
             setup_time.append(clock() - before)
-    sync()
-    start = clock()
+    timer.start()
     for _ in range(inner):
         candidate.run()
-    sync()
-    return clock() - start
+    return timer.stop()
 
 
 def choose_inner(call_seconds: float, policy: TimingPolicy, has_setup: bool) -> int:
@@ -155,16 +232,20 @@ def measure_interleaved(
     policy: TimingPolicy | None = None,
     clock: Clock = time.perf_counter,
     sync: Callable[[], None] = _no_sync,
+    timer: Timer | None = None,
 ) -> dict[str, Timing]:
-    """Warm every candidate up, then sample them in interleaved, shuffled rounds until all are done."""
+    """Warm every candidate up, then sample them in interleaved, shuffled rounds until all are done.
+
+    Samples are timed by `timer` (e.g. `CudaEventTimer`), default the host `clock` with `sync`."""
     policy = policy or TimingPolicy()
     if not candidates:
         return {}
+    timer = timer or WallTimer(clock, sync)
     names = list(candidates)
     inner: dict[str, int] = {}
     for name in names:
         # The fastest warm-up call estimates the cost; the first one often pays one-off allocations.
-        calls = [_one_sample(candidates[name], 1, clock, sync) for _ in range(policy.warmup)]
+        calls = [_one_sample(candidates[name], 1, clock, timer) for _ in range(policy.warmup)]
         inner[name] = choose_inner(min(calls), policy, candidates[name].setup is not None)
     samples: dict[str, list[float]] = {name: [] for name in names}
     spent = dict.fromkeys(names, 0.0)
@@ -172,7 +253,7 @@ def measure_interleaved(
     for _ in range(policy.max_rounds):
         for name in order.sample(names, len(names)):
             setup_time: list[float] = []
-            total = _one_sample(candidates[name], inner[name], clock, sync, setup_time)
+            total = _one_sample(candidates[name], inner[name], clock, timer, setup_time)
             samples[name].append(total / inner[name])
             if candidates[name].setup_in_budget:
                 # One call per sample after an eviction: a sample counts at least a quarter of a batched
@@ -248,6 +329,40 @@ def evictor(nbytes: int) -> Evictor:
     return _EVICTORS[nbytes]
 
 
+class GpuFlusher:
+    """Writes a device buffer larger than the GPU's L2 (`hardware.gpu.flush_bytes`): whatever a kernel
+    left in the L2 is gone, as `triton.testing.do_bench` flushes between timed calls.  A write, not a
+    read: the L2 is write-back, so zeroing the buffer replaces every line."""
+
+    def __init__(self, nbytes: int, device: Any) -> None:
+        import torch
+
+        self.nbytes = nbytes
+        self.buffer = torch.empty(max(1, nbytes // 4), dtype=torch.int32, device=device)
+
+    def __call__(self) -> None:
+        self.buffer.zero_()
+
+
+_GPU_FLUSHERS: dict[tuple[str, int], GpuFlusher] = {}
+
+
+def gpu_flusher(device: Any, nbytes: int | None = None) -> GpuFlusher:
+    """One shared L2 flusher per device, its buffer sized from the device's L2 unless `nbytes` says."""
+    import torch
+
+    from .gpu import flush_bytes, l2_bytes
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    nbytes = nbytes or flush_bytes(l2_bytes(device))
+    key = (str(device), nbytes)
+    if key not in _GPU_FLUSHERS:
+        _GPU_FLUSHERS[key] = GpuFlusher(nbytes, device)
+    return _GPU_FLUSHERS[key]
+
+
 def cold_candidate(
     make: Callable[[], Callable[[], object]],
     nbytes: int,
@@ -285,6 +400,7 @@ def measure(
     policy: TimingPolicy | None = None,
     clock: Clock = time.perf_counter,
     sync: Callable[[], None] = _no_sync,
+    timer: Timer | None = None,
 ) -> Timing:
     """Time one callable (see `measure_interleaved`)."""
-    return measure_interleaved({"only": Candidate(run)}, policy, clock, sync)["only"]
+    return measure_interleaved({"only": Candidate(run)}, policy, clock, sync, timer)["only"]
