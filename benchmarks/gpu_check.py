@@ -5,7 +5,7 @@
 Offline and installs nothing: it runs the project as installed in this Python (`pip install --no-deps -e .`
 on a GPU host, so its own CUDA torch is used). In order:
 
-1. `pytest tests/test_cuda*.py` (the CUDA tests; skipped on a host without CUDA).
+1. `pytest tests/hardware/test_cuda*.py` (the CUDA tests; skipped on a host without CUDA).
 2. The demo model: study on the CPU in float32 (the reference) and on the GPU in float16 and float32
    (dense perplexity within 0.5 % / 1e-4 of the CPU's; every format's top-1 within 1e-3 of masked), 2:4
    semi-structured (compute capability >= 8.0; refused in one line below), sweep, sensitivity, bench
@@ -206,12 +206,14 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
     def pytest_rows(runs: list[Run]) -> list[Row]:
         command = runs[0]
         # pytest exits 5 when it collected nothing: the CUDA test files are missing here
-        return [Row("pytest tests/test_cuda*.py", "all passed", last_line(command), command.code == 0)]
+        return [
+            Row("pytest tests/hardware/test_cuda*.py", "all passed", last_line(command), command.code == 0)
+        ]
 
-    tests = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_cuda*.py"))
+    tests = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_cuda*.py"))
     # never a bare `pytest`: without test files it would run the whole suite
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
-    missing = [sys.executable, "-c", "raise SystemExit('no tests/test_cuda*.py here')"]
+    missing = [sys.executable, "-c", "raise SystemExit('no tests/hardware/test_cuda*.py here')"]
     checks.append(Check("cuda tests", [Run("pytest", pytest if tests else missing, 200)], pytest_rows))
 
     study_args = ["--sparsity", "0.5", "--max-tokens", "2048"]

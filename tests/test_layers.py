@@ -9,59 +9,38 @@ import transformers as tf
 from prunescope import PrunescopeError
 from prunescope.layers import parameter_modules, prunable_layers
 
-SMALL = dict(vocab_size=64)
+# The dimensions most tiny configs share: 2 blocks of width 16, 2 heads, MLP width 32, a 64-token vocabulary.
+BASE = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+COMMON = dict(BASE, intermediate_size=32, max_position_embeddings=32)
+GQA = dict(COMMON, num_key_value_heads=1)
+
+# Per architecture: the model class and its config.
+MODELS = {
+    "opt": (
+        tf.OPTForCausalLM,
+        lambda: tf.OPTConfig(**BASE, ffn_dim=32, max_position_embeddings=32, word_embed_proj_dim=16),
+    ),
+    "gpt2": (
+        tf.GPT2LMHeadModel,
+        lambda: tf.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32),
+    ),
+    "gpt_neox": (tf.GPTNeoXForCausalLM, lambda: tf.GPTNeoXConfig(**COMMON)),
+    "llama": (tf.LlamaForCausalLM, lambda: tf.LlamaConfig(**GQA)),
+    "mistral": (tf.MistralForCausalLM, lambda: tf.MistralConfig(**GQA)),
+    "qwen2": (tf.Qwen2ForCausalLM, lambda: tf.Qwen2Config(**GQA)),
+    "phi": (tf.PhiForCausalLM, lambda: tf.PhiConfig(**COMMON)),
+    "falcon": (tf.FalconForCausalLM, lambda: tf.FalconConfig(**BASE)),
+    "bloom": (
+        tf.BloomForCausalLM,
+        lambda: tf.BloomConfig(vocab_size=64, hidden_size=16, n_layer=2, n_head=2),
+    ),
+}
 
 
 def _build(name: str):
+    model_class, config = MODELS[name]
     torch.manual_seed(0)
-    if name == "opt":
-        return tf.OPTForCausalLM(
-            tf.OPTConfig(
-                hidden_size=16,
-                num_hidden_layers=2,
-                ffn_dim=32,
-                num_attention_heads=2,
-                max_position_embeddings=32,
-                word_embed_proj_dim=16,
-                **SMALL,
-            )
-        )
-    if name == "gpt2":
-        return tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=16, n_layer=2, n_head=2, n_positions=32, **SMALL))
-    if name == "gpt_neox":
-        return tf.GPTNeoXForCausalLM(
-            tf.GPTNeoXConfig(
-                hidden_size=16,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=32,
-                max_position_embeddings=32,
-                **SMALL,
-            )
-        )
-    common = dict(
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        **SMALL,
-    )
-    if name == "llama":
-        return tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=1, **common))
-    if name == "mistral":
-        return tf.MistralForCausalLM(tf.MistralConfig(num_key_value_heads=1, **common))
-    if name == "qwen2":
-        return tf.Qwen2ForCausalLM(tf.Qwen2Config(num_key_value_heads=1, **common))
-    if name == "phi":
-        return tf.PhiForCausalLM(tf.PhiConfig(**common))
-    if name == "falcon":
-        return tf.FalconForCausalLM(
-            tf.FalconConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, **SMALL)
-        )
-    if name == "bloom":
-        return tf.BloomForCausalLM(tf.BloomConfig(hidden_size=16, n_layer=2, n_head=2, **SMALL))
-    raise ValueError(name)
+    return model_class(config())
 
 
 # Per architecture: the module-name suffixes of block 0 expected in each linear group, and the lm_head name.

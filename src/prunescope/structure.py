@@ -16,14 +16,14 @@ format would store it with packed 8/4-bit values, scales and zeros (`quantized_s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
 from .formats.base import SparseLinear
-from .layers import GROUPS, linear_shape, parameter_modules
+from .layers import GROUPS, LayerInfo, linear_shape, parameter_modules
 from .quantization import QuantOptions, quantized_storage_bytes
 
 LAYER_COLUMNS = [
@@ -102,9 +102,9 @@ def layer_table(model: nn.Module, quantized: Mapping[str, QuantOptions] | None =
             params = nz = nbytes = 0
             weight = getattr(module, "weight", None)
             for pname, param in module.named_parameters(recurse=False):
-                owner = owners.setdefault(id(param), info.name)
-                if owner != info.name:
-                    row["tied_to"] = f"{owner}.{pname}" if pname != "weight" else owner
+                tied = tied_to(owners, param, info.name, pname)
+                if tied:
+                    row["tied_to"] = tied
                     continue
                 params += param.numel()
                 nz += int(torch.count_nonzero(param))
@@ -113,37 +113,57 @@ def layer_table(model: nn.Module, quantized: Mapping[str, QuantOptions] | None =
             weight_nz = int(torch.count_nonzero(weight)) if has_weight else 0
             # A tied weight belongs to its first owner; this row still does the arithmetic with it.
             own_weight = has_weight and not row["tied_to"]
-            is_projection = info.kind == "linear"
-            if is_projection:
-                out_features, in_features = linear_shape(module)
-                shape = f"{out_features}x{in_features}"
-            else:
-                shape = "x".join(str(d) for d in weight.shape) if has_weight else ""
+            columns, features = dense_columns(
+                info, weight.shape if has_weight else None, weight.dtype if has_weight else None, weight_nz
+            )
             weight_bytes = _nbytes(weight) if own_weight else 0
-            if quant is not None and own_weight and is_projection:
-                parts = quantized_storage_bytes(
-                    (out_features, in_features), weight_nz, "dense", quant, weight.dtype
-                )
+            if quant is not None and own_weight and features:
+                parts = quantized_storage_bytes(features, weight_nz, "dense", quant, weight.dtype)
                 nbytes += sum(parts.values()) - weight_bytes
                 weight_bytes = sum(parts.values())
             row.update(
-                shape=shape,
-                dtype=str(weight.dtype).removeprefix("torch.") if has_weight else "",
-                format="dense",
+                columns,
                 params=params,
                 nonzero=nz,
                 weights=weight.numel() if own_weight else 0,
                 weight_nonzero=weight_nz if own_weight else 0,
                 stored_bytes=nbytes,
                 weight_bytes=weight_bytes,
-                # A dense projection multiplies every weight, tied or not (the lm_head does real work).
-                flops_per_token=2 * out_features * in_features if is_projection else 0,
-                nonzero_flops_per_token=2 * weight_nz if is_projection else 0,
             )
         row["sparsity"] = 1.0 - row["nonzero"] / row["params"] if row["params"] else 0.0
         row["bits_per_weight"] = 8 * row["weight_bytes"] / row["weights"] if row["weights"] else math.nan
         rows.append(row)
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
+
+
+def tied_to(owners: dict[int, str], param: torch.Tensor, module_name: str, pname: str) -> str:
+    """The row's `tied_to`: empty when `module_name` is the first to hold `param` (it counts it), else the
+    first owner for a tied weight, owner.pname for another shared parameter. Records the first holder."""
+    owner = owners.setdefault(id(param), module_name)
+    if owner == module_name:
+        return ""
+    return owner if pname == "weight" else f"{owner}.{pname}"
+
+
+def dense_columns(
+    info: LayerInfo, weight_shape: Sequence[int] | None, weight_dtype: torch.dtype | None, multiplied: int
+) -> tuple[dict, tuple[int, int] | None]:
+    """A dense row's shape, dtype, format and FLOP columns, and for a projection its (out_features,
+    in_features) (else None). A dense projection multiplies every weight, tied or not (the lm_head does real
+    work): `multiplied` of them are non-zero."""
+    features = linear_shape(info.module) if info.kind == "linear" else None
+    if features is not None:
+        shape = f"{features[0]}x{features[1]}"
+    else:
+        shape = "x".join(str(d) for d in weight_shape) if weight_shape is not None else ""
+    columns = {
+        "shape": shape,
+        "dtype": str(weight_dtype).removeprefix("torch.") if weight_dtype is not None else "",
+        "format": "dense",
+        "flops_per_token": 2 * math.prod(features) if features else 0,
+        "nonzero_flops_per_token": 2 * multiplied if features else 0,
+    }
+    return columns, features
 
 
 def group_table(layers: pd.DataFrame) -> pd.DataFrame:

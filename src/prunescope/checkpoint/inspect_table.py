@@ -18,9 +18,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..layers import DEFAULT_PRUNABLE_GROUPS, linear_shape, parameter_modules
+from ..layers import DEFAULT_PRUNABLE_GROUPS, parameter_modules
 from ..quantization import QuantOptions, quantized_storage_bytes
-from ..structure import LAYER_COLUMNS, attention_score_flops, global_summary, group_table
+from ..structure import (
+    LAYER_COLUMNS,
+    attention_score_flops,
+    dense_columns,
+    global_summary,
+    group_table,
+    tied_to,
+)
 from .model_map import map_tensors, meta_model
 from .safetensors_io import Checkpoint
 
@@ -96,9 +103,9 @@ def inspect_checkpoint(
             entry = checkpoint.entries.get(tensor) if tensor else None
             if pname == "weight":
                 weight_entry = entry
-            owner = owners.setdefault(id(param), info.name)
-            if owner != info.name:
-                row["tied_to"] = owner if pname == "weight" else f"{owner}.{pname}"
+            tied = tied_to(owners, param, info.name, pname)
+            if tied:
+                row["tied_to"] = tied
                 weight_tied = weight_tied or pname == "weight"
                 continue
             if entry is None:
@@ -107,12 +114,6 @@ def inspect_checkpoint(
             counted = nonzero_of(entry.name)
             nonzero += entry.numel if counted is None else counted
             nbytes += entry.nbytes
-        is_projection = info.kind == "linear"
-        if is_projection:
-            out_features, in_features = linear_shape(module)
-            shape = f"{out_features}x{in_features}"
-        else:
-            shape = "x".join(str(d) for d in weight_entry.shape) if weight_entry else ""
         weights = 0 if (weight_entry is None or weight_tied) else weight_entry.numel
         weight_nonzero = 0
         if weight_entry is not None:
@@ -121,18 +122,20 @@ def inspect_checkpoint(
             weight_nonzero = 0 if weight_tied else all_nonzero
         else:
             all_nonzero = 0
+        columns, _ = dense_columns(
+            info,
+            weight_entry.shape if weight_entry else None,
+            weight_entry.torch_dtype if weight_entry else None,
+            all_nonzero,
+        )
         row.update(
-            shape=shape,
-            dtype=str(weight_entry.torch_dtype).removeprefix("torch.") if weight_entry else "",
-            format="dense",
+            columns,
             params=params,
             nonzero=nonzero,
             weights=weights,
             weight_nonzero=weight_nonzero,
             stored_bytes=nbytes,
             weight_bytes=weight_entry.nbytes if weights else 0,
-            flops_per_token=2 * out_features * in_features if is_projection else 0,
-            nonzero_flops_per_token=2 * all_nonzero if is_projection else 0,
         )
         row["sparsity"] = 1.0 - row["nonzero"] / row["params"] if row["params"] else 0.0
         rows.append(row)

@@ -12,19 +12,8 @@ import typer
 from rich.table import Table
 
 from ..errors import PrunescopeError
-from .common import (
-    DeviceOpt,
-    DtypeOpt,
-    ModelOpt,
-    OutOpt,
-    OverwriteOpt,
-    ProgressOpt,
-    SeedOpt,
-    at_least,
-    console,
-    err_console,
-    user_errors,
-)
+from . import options
+from .common import OutOpt, OverwriteOpt, ProgressOpt, at_least, console, err_console, user_errors
 
 
 def parse_ints(text: str, what: str) -> list[int]:
@@ -127,14 +116,18 @@ def print_latency(result) -> None:
     console.print(environment_line(result.environment), highlight=False)
 
 
+def _bench_options() -> list:
+    # What to prune (and with which calibration) as in `study`; the timing options are the bench's own.
+    chosen = options.study_options(
+        groups=("load", "prune", "calib", "run"), skip=("variants", "seeds", "latency", "per_token")
+    )
+    sparsity = {"help": "Fraction of prunable weights set to zero (default 0.5 here, or what N:M implies)."}
+    return options.override(chosen, sparsity=sparsity)
+
+
+@options.with_options(_bench_options)
 @user_errors
 def bench(
-    model: ModelOpt = "demo",
-    sparsity: Annotated[
-        float | None, typer.Option(help="Fraction of prunable weights set to zero (default 0.5, or N:M's).")
-    ] = None,
-    method: Annotated[str, typer.Option(help="magnitude, random, wanda or sparsegpt.")] = "magnitude",
-    pattern: Annotated[str, typer.Option(help="unstructured or N:M, e.g. 2:4.")] = "unstructured",
     formats: Annotated[
         str,
         typer.Option(
@@ -164,20 +157,19 @@ def bench(
         str, typer.Option(help="Token counts `auto` times each layer at: decode first, then prefill.")
     ] = "1,64",
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
     out: OutOpt = Path("results/bench"),
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
+    **values,
 ) -> None:
     """Time the sparse forward of every pruned layer shape and of the whole model against dense."""
     import copy
 
+    from ..experiments.config import VALIDATION_SEQLEN, StudyConfig
     from ..latency import LatencyConfig, TimingPolicy, parse_formats, run_latency
     from ..layers import prunable_layers
     from ..models import load_model
-    from ..pruning import PruneSpec, prune
+    from ..pruning import prune
     from ..report.latency import write_latency
     from ..report.output import atomic_directory, check_output
 
@@ -200,29 +192,32 @@ def bench(
         decode_tokens=decode_tokens,
         policy=TimingPolicy(min_time=min_time, max_time=max(3.0, 15 * min_time)),
         model_level=not layers_only,
-        seed=seed,
+        seed=values["seed"],
         cache=cache,
         auto_tokens=tuple(parse_ints(auto_tokens, "--auto-tokens")),
     )
-    if sparsity is None and pattern.strip().lower() in ("", "unstructured"):
-        sparsity = 0.5
-    spec = PruneSpec.create(method, sparsity, pattern, seed=seed)
+    if values["sparsity"] is None and values["pattern"].strip().lower() in ("", "unstructured"):
+        values["sparsity"] = 0.5
+    study = StudyConfig(**values, variants=["dense"])
+    spec = study.prune_spec(VALIDATION_SEQLEN)
     check_output(out, overwrite)
-    loaded = load_model(model, dtype, device)
-    names = list(prunable_layers(loaded.model))
+    loaded = load_model(study.load.model, study.load.dtype, study.load.device)
+    names = list(prunable_layers(loaded.model, study.prune.include, study.prune.exclude))
     calibration = None
     if spec.needs_calibration:
         from ..pruning.calibration import calibration_samples
 
         seqlen = min(spec.calib_seqlen, loaded.context_length)
-        calibration = calibration_samples(loaded.tokenizer, None, model, spec.calib_samples, seqlen, seed)
+        calibration = calibration_samples(
+            loaded.tokenizer, study.calib.calibration, study.load.model, spec.calib_samples, seqlen, spec.seed
+        )
     # The steps of a long run are its progress: on stderr, and silenced by --no-progress like any bar.
     step = err_console.print if progress else (lambda *_, **__: None)
     step(f"pruning a copy: {spec.method} {spec.sparsity:g} ({spec.pattern}), {len(names)} layers")
     pruned = copy.deepcopy(loaded.model)  # the dense model stays the baseline
     prune(pruned, {n: pruned.get_submodule(n) for n in names}, spec, calibration, progress=False)
     info = {
-        "title": f"{model} {spec.method} {spec.sparsity:g} ({spec.pattern})",
+        "title": f"{study.load.model} {spec.method} {spec.sparsity:g} ({spec.pattern})",
         "prune_spec": spec.describe(),
     }
     result = run_latency(

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from ..errors import PrunescopeError
 from ..util.memory import is_out_of_memory, out_of_memory_message
 from ..util.units import size_text  # noqa: F401 - the commands' one size format
-from .options import option_annotation
+from .options import CONFIG, OUT, OVERWRITE, PROGRESS, option_annotation
 
 # Rich falls back to 80 columns when stdout is not a terminal (CI, files): too narrow for the tables.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -105,24 +105,11 @@ ModelArg = Annotated[
     ),
 ]
 # The options every command spells and means alike (one definition each, so help texts cannot drift).
-OutOpt = Annotated[
-    Path, typer.Option("--out", "-o", help="Output folder; written whole or not at all (see --overwrite).")
-]
-OptionalOutOpt = Annotated[
-    Path | None,
-    typer.Option("--out", "-o", help="Output folder; written whole or not at all (see --overwrite)."),
-]
-OverwriteOpt = Annotated[
-    bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing output folder.")
-]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")]
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        help="A results folder's run.json: re-run that configuration exactly; flags given override it.",
-    ),
-]
+OutOpt = OUT.parameter().annotation
+OptionalOutOpt = OUT.replace(type=Path | None).parameter().annotation
+OverwriteOpt = OVERWRITE.parameter().annotation
+ProgressOpt = PROGRESS.parameter().annotation
+ConfigOpt = CONFIG.parameter().annotation
 
 
 def print_tasks(tasks, run: dict) -> None:

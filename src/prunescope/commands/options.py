@@ -17,6 +17,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -41,6 +42,25 @@ class CliOption:
 
     def replace(self, **changes: Any) -> CliOption:
         return dataclasses.replace(self, **changes)
+
+
+# The options of a command's output, the same in every command (common.py derives its aliases from them).
+OUT = CliOption(
+    "out", Path, None, "Output folder; written whole or not at all (see --overwrite).", ("--out", "-o")
+)
+OVERWRITE = CliOption("overwrite", bool, False, "Replace an existing output folder.")
+PROGRESS = CliOption("progress", bool, True, "Show progress on stderr.")
+CONFIG = CliOption(
+    "config",
+    Path | None,
+    None,
+    "A results folder's run.json: re-run that configuration exactly; flags given override it.",
+)
+
+
+def run_options(out: str) -> list[CliOption]:
+    """--out (defaulting to `out`), --overwrite, --config and --progress of a command that runs a study."""
+    return [OUT.replace(default=Path(out)), OVERWRITE, CONFIG, PROGRESS]
 
 
 def _help(text: str | Callable[[], str]) -> str:

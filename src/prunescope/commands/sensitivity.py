@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from . import options
-from .common import ConfigOpt, OutOpt, OverwriteOpt, ProgressOpt, console, user_errors
+from .common import console, user_errors
 
 
 def _sensitivity_options() -> list:
@@ -23,28 +19,22 @@ def _sensitivity_options() -> list:
         "method": {"default": "wanda"},
         "sparsity": {"default": 0.5, "help": "Sparsity of the one pruned unit [0, 1)."},
     }
-    return options.override(chosen, **defaults)
+    unit = options.CliOption("by", str, "block", "Unit pruned at a time: block, projection (type) or module.")
+    return [unit, *options.run_options("results/sensitivity"), *options.override(chosen, **defaults)]
 
 
 @options.with_options(_sensitivity_options)
 @user_errors
-def sensitivity(
-    by: Annotated[
-        str, typer.Option(help="Unit pruned at a time: block, projection (type) or module.")
-    ] = "block",
-    out: OutOpt = Path("results/sensitivity"),
-    overwrite: OverwriteOpt = False,
-    config: ConfigOpt = None,
-    progress: ProgressOpt = True,
-    **values,
-) -> None:
+def sensitivity(**values) -> None:
     """Which blocks can take how much sparsity: prune each unit alone, compare with the dense model."""
     from ..experiments.sensitivity import SensitivityConfig, run_sensitivity
     from ..report.output import atomic_directory, check_output
     from ..report.sensitivity import HEATMAP, extremes, write_sensitivity
 
+    unit, out, overwrite = values.pop("by"), values.pop("out"), values.pop("overwrite")
+    progress, config = values.pop("progress"), values.pop("config")
     base = options.build_config(values, config, variants=["dense"])
-    sensitivity_config = SensitivityConfig(base=base, by=by)
+    sensitivity_config = SensitivityConfig(base=base, by=unit)
     check_output(out, overwrite)
     with atomic_directory(out, overwrite) as tmp:
         result = run_sensitivity(sensitivity_config, work_dir=tmp / "_work", progress=progress)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rich.table import Table
 
 from . import options
-from .common import ConfigOpt, OutOpt, OverwriteOpt, ProgressOpt, console, print_tasks, user_errors
+from .common import console, print_tasks, user_errors
 
 
 def print_summary(summary, title: str, caption: str | None = None) -> None:
@@ -53,25 +51,20 @@ def print_summary(summary, title: str, caption: str | None = None) -> None:
 
 
 def _study_options() -> list:
-    return options.study_options()
+    return options.run_options("results/study") + options.study_options()
 
 
 @options.with_options(_study_options)
 @user_errors
-def study(
-    out: OutOpt = Path("results/study"),
-    overwrite: OverwriteOpt = False,
-    config: ConfigOpt = None,
-    progress: ProgressOpt = True,
-    **values,
-) -> None:
+def study(**values) -> None:
     """Prune a model and compare the dense, masked and sparse-format variants."""
     from ..experiments.study import run_study
     from ..experiments.sweep import method_label
     from ..report.output import atomic_directory, check_output
     from ..report.study import write_study
 
-    study_config = options.build_config(values, config)
+    out, overwrite, progress = values.pop("out"), values.pop("overwrite"), values.pop("progress")
+    study_config = options.build_config(values, values.pop("config"))
     check_output(out, overwrite)
     with atomic_directory(out, overwrite) as tmp:
         result = run_study(study_config, work_dir=tmp / "_work", progress=progress, results_dir=tmp)

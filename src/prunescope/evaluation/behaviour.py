@@ -60,8 +60,8 @@ TOKEN_COLUMNS = (
 )
 
 
-@dataclass
-class Behaviour:
+@dataclass(kw_only=True)
+class Behaviour(stats.Intervals):
     top1_agreement: float  # share of positions whose argmax matches the dense argmax
     top5_overlap: float  # mean |top5(dense) ∩ top5(variant)| / 5
     kl_mean: float  # mean over positions of KL(dense || variant), nats
@@ -83,18 +83,16 @@ class Behaviour:
     ln_ppl_ratio: float = math.nan  # mean(nll_variant) − mean(nll_dense)
     ln_ppl_ratio_stderr: float = math.nan  # paired: sqrt(se_v² + se_d² − 2 cov)
     nll_correlation: float = math.nan  # Pearson correlation of per-token NLLs
-    # 95 % percentile-bootstrap intervals over windows (1000 resamples, seed 0).
-    kl_mean_ci_low: float = math.nan
-    kl_mean_ci_high: float = math.nan
-    top1_ci_low: float = math.nan
-    top1_ci_high: float = math.nan
-    ppl_ratio_ci_low: float = math.nan
-    ppl_ratio_ci_high: float = math.nan
+    # Inherited from `stats.Intervals`: the 95 % percentile-bootstrap intervals over windows (1000
+    # resamples, seed 0), kl_mean_ci_low / _high, top1_ci_low / _high, ppl_ratio_ci_low / _high.
     # Per-position values (TOKEN_COLUMNS -> arrays), bounded by tokens; never in as_dict / summary.csv.
     tokens: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tokens"}
+        """summary.csv's columns: this class's own fields in order, then the intervals (not `tokens`)."""
+        intervals = [f.name for f in fields(stats.Intervals)]
+        own = [f.name for f in fields(self) if f.name not in intervals and f.name != "tokens"]
+        return {name: getattr(self, name) for name in own + intervals}
 
 
 @torch.no_grad()

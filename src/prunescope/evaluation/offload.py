@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import gc
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +28,7 @@ from torch import nn
 from ..device import choose_dtype, input_device, resolve_device
 from ..errors import PrunescopeError
 from ..models import FALLBACK_CONTEXT, check_weights, context_length, resolve_model
+from ..util.records import pick
 from .behaviour import Behaviour, compare, compute_reference
 from .corpus import make_batches
 from .datasets import check_source, resolve
@@ -137,17 +140,11 @@ class OffloadEvaluation:
 
     def as_dict(self) -> dict:
         return {
-            "protocol": self.protocol,
-            "protocol_line": self.protocol_line,
-            "model": self.model,
-            "reference": self.reference,
+            **pick(self, "protocol", "protocol_line", "model", "reference"),
             "behaviour": self.behaviour.as_dict(),
             "reference_behaviour": self.reference_behaviour.as_dict() if self.reference_behaviour else None,
-            "placement": self.placement,
-            "device": self.device,
-            "dtype_reason": self.dtype_reason,
-            "windows": self.windows,
-            **({"tasks": self.tasks, "tasks_info": self.tasks_info} if self.tasks_info else {}),
+            **pick(self, "placement", "device", "dtype_reason", "windows"),
+            **(pick(self, "tasks", "tasks_info") if self.tasks_info else {}),
         }
 
 
@@ -215,35 +212,37 @@ def evaluate_offloaded(
     task_rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="prunescope-offload-") as scratch:
         folder = Path(offload_folder) if offload_folder else Path(scratch) / "offload"
+        logprobs = Path(scratch) / "logprobs"
+
+        def scored(path: str | Path, role: str, measure: Callable[[Any], Any]) -> Any:
+            """Load `path` offloaded (placement[role]), measure it, score the tasks on it, release it."""
+            offloaded, placement[role] = load_offloaded(
+                path, max_memory, folder / role, dtype, resolved_device
+            )
+            result = measure(offloaded)
+            if tasks is not None:
+                task_rows.extend(tasks.score(offloaded.model, tokenizer, role))
+                tasks.release()
+            del offloaded
+            gc.collect()
+            return result
+
+        def measure_reference(ref) -> tuple[Any, Behaviour]:
+            return compute_reference(ref, batches, logprobs, progress=progress)
+
+        def measure_model(evaluated) -> tuple[str, str, Behaviour]:
+            inputs_on = str(next(evaluated.parameters()).device)
+            if stored is not None:
+                behaviour = compare(evaluated, batches, stored, "evaluated", progress=progress)
+            else:
+                _, behaviour = compute_reference(evaluated, batches, logprobs, progress=progress)
+            return inputs_on, evaluated.dtype_reason, behaviour
+
         reference_behaviour = None
         stored = None
         if reference is not None:
-            ref_model, placement["reference"] = load_offloaded(
-                reference, max_memory, folder / "reference", dtype, resolved_device
-            )
-            stored, reference_behaviour = compute_reference(
-                ref_model, batches, Path(scratch) / "logprobs", progress=progress
-            )
-            if tasks is not None:
-                task_rows += tasks.score(ref_model.model, tokenizer, "reference")
-                tasks.release()
-            del ref_model
-            gc.collect()
-        evaluated, placement["model"] = load_offloaded(
-            model, max_memory, folder / "model", dtype, resolved_device
-        )
-        inputs_on, dtype_reason = str(next(evaluated.parameters()).device), evaluated.dtype_reason
-        if stored is not None:
-            behaviour = compare(evaluated, batches, stored, "evaluated", progress=progress)
-        else:
-            _, behaviour = compute_reference(
-                evaluated, batches, Path(scratch) / "logprobs", progress=progress
-            )
-        if tasks is not None:
-            task_rows += tasks.score(evaluated.model, tokenizer, "model")
-            tasks.release()
-        del evaluated
-        gc.collect()
+            stored, reference_behaviour = scored(reference, "reference", measure_reference)
+        inputs_on, dtype_reason, behaviour = scored(model, "model", measure_model)
     return OffloadEvaluation(
         name,
         reference_name,

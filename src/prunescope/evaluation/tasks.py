@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..errors import PrunescopeError, first_line
+from ..util.records import pick
 from .statistics import flips as paired_flips
 
 EXTRA_HINT = "pip install 'prunescope[tasks]'"
@@ -273,18 +274,9 @@ class TaskSuite:
         """What run.json records: lm-eval's version, each task's version, main metric and documents."""
         return {
             "lm_eval": self.lm_eval_version,
-            "tasks_path": self.tasks_path,
-            "limit": self.limit,
-            "num_fewshot": self.num_fewshot,
-            "batch_size": self.batch_size,
+            **pick(self, "tasks_path", "limit", "num_fewshot", "batch_size"),
             "tasks": {
-                name: {
-                    "version": info.version,
-                    "main_metric": info.main_metric,
-                    "metrics": info.metrics,
-                    "output_type": info.output_type,
-                    "documents": info.documents,
-                }
+                name: pick(info, "version", "main_metric", "metrics", "output_type", "documents")
                 for name, info in self.info.items()
             },
         }

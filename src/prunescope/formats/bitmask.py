@@ -167,8 +167,17 @@ class NativeFormat:
         """`from_dense` of a checked, detached weight."""
         raise NotImplementedError
 
+    def _hold(self, kernel: str | None, **buffers: torch.Tensor) -> None:
+        """Keep the `kernel` option and register `buffers`, validated now (`_buffers_changed`) and after every
+        `load_state_dict`."""
+        self.kernel = kernel
+        self.register_load_state_dict_post_hook(_reloaded)
+        for name, tensor in buffers.items():
+            self.register_buffer(name, tensor)
+        self._buffers_changed()
 
-def _reloaded(module: BufferedSparseLinear, _incompatible_keys) -> None:
+
+def _reloaded(module: NativeFormat, _incompatible_keys) -> None:
     module._buffers_changed()  # load_state_dict copies into the buffers in place: new offsets, new blocks
 
 
@@ -189,12 +198,7 @@ class BufferedSparseLinear(NativeFormat, SparseLinear):
         kernel: str | None = None,
     ) -> None:
         super().__init__(in_features, row_offsets.numel() - 1, bias)
-        self.kernel = kernel
-        self.register_load_state_dict_post_hook(_reloaded)
-        self.register_buffer("values", values)
-        self.register_buffer(self.index_name, index)
-        self.register_buffer("row_offsets", row_offsets)
-        self._buffers_changed()
+        self._hold(kernel, values=values, **{self.index_name: index}, row_offsets=row_offsets)
 
     @property
     def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

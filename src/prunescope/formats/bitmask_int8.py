@@ -50,10 +50,6 @@ def kernel_variant(kernel: str) -> str:
     return kernel
 
 
-def _reloaded(module: BitmaskInt8Linear, _incompatible_keys) -> None:
-    module._buffers_changed()
-
-
 class BitmaskInt8Linear(NativeFormat, SparseLinear):
     """A Linear whose pruned weight is stored as a per-row bitmask over int8 codes with per-row scales.
 
@@ -75,14 +71,8 @@ class BitmaskInt8Linear(NativeFormat, SparseLinear):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(in_features, mask.shape[0], bias)
-        self.kernel = kernel
         self._dtype = dtype  # the dtype of the weight it represents (to_dense); the scales stay float32
-        self.register_buffer("values", values)
-        self.register_buffer("mask", mask)
-        self.register_buffer("row_offsets", row_offsets)
-        self.register_buffer("scales", scales)
-        self.register_load_state_dict_post_hook(_reloaded)
-        self._buffers_changed()
+        self._hold(kernel, values=values, mask=mask, row_offsets=row_offsets, scales=scales)
 
     # ------------------------------------------------------------------------------------ construction
 

@@ -152,6 +152,11 @@ class TimingPolicy:
         return self.min_time / self.min_repeats
 
 
+def _of_samples(statistic: Callable[[tuple[float, ...]], Any]) -> property:
+    """A read-only property: `statistic` of the instance's samples."""
+    return property(lambda self: statistic(self.samples))
+
+
 @dataclass(frozen=True)
 class Timing:
     """Seconds per call of one candidate: one entry per sample (each the mean of `inner` calls)."""
@@ -159,40 +164,17 @@ class Timing:
     samples: tuple[float, ...]
     inner: int = 1
 
-    @property
-    def repeats(self) -> int:
-        return len(self.samples)
-
-    @property
-    def min(self) -> float:
-        return min(self.samples)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def max(self) -> float:
-        return max(self.samples)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.samples)
-
-    @property
-    def stdev(self) -> float:
-        return statistics.stdev(self.samples) if len(self.samples) > 1 else 0.0
+    # Statistics of the samples, seconds per call (`repeats`: how many samples).
+    repeats = _of_samples(len)
+    min = _of_samples(min)
+    median = _of_samples(statistics.median)
+    max = _of_samples(max)
+    mean = _of_samples(statistics.fmean)
+    stdev = _of_samples(lambda samples: statistics.stdev(samples) if len(samples) > 1 else 0.0)
 
     def as_dict(self) -> dict[str, float | int]:
-        return {
-            "median_s": self.median,
-            "min_s": self.min,
-            "max_s": self.max,
-            "mean_s": self.mean,
-            "stdev_s": self.stdev,
-            "repeats": self.repeats,
-            "inner": self.inner,
-        }
+        seconds = {f"{name}_s": getattr(self, name) for name in ("median", "min", "max", "mean", "stdev")}
+        return {**seconds, "repeats": self.repeats, "inner": self.inner}
 
 
 def _one_sample(

@@ -42,6 +42,7 @@ from ..hardware.timing import (
 from ..layers import linear_shape, linear_weight, set_module
 from ..structure import layer_table
 from ..util.model_config import FALLBACK_CONTEXT, context_length
+from ..util.records import pick
 from .variants import (
     BASELINE,
     LAYER_TOLERANCE,
@@ -556,13 +557,7 @@ class LatencyResult:
     info: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {
-            "environment": self.environment,
-            "config": self.config,
-            "info": self.info,
-            "layers": self.layers,
-            "model": self.model,
-        }
+        return pick(self, "environment", "config", "info", "layers", "model")
 
 
 def run_latency(

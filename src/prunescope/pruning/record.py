@@ -101,8 +101,9 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, keep_original: bool = Fals
         change = LayerChange(
             shape=weight.shape,
             packed_mask=pack_mask(mask),
-            removed=None if keep_original else weight[mask].clone(),
-            original=weight.detach().clone() if keep_original else None,
+            # What restore needs waits in host memory: on a GPU the device keeps only the model.
+            removed=None if keep_original else weight[mask].to("cpu", copy=True),
+            original=weight.detach().to("cpu", copy=True) if keep_original else None,
         )
         weight.masked_fill_(mask, 0)
     return change
@@ -110,7 +111,7 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, keep_original: bool = Fals
 
 def record_update(module: nn.Module, original: torch.Tensor, mask: torch.Tensor) -> LayerChange:
     """For methods that rewrite the kept weights: the weight is already updated; keep the original."""
-    return LayerChange(shape=original.shape, packed_mask=pack_mask(mask), original=original)
+    return LayerChange(shape=original.shape, packed_mask=pack_mask(mask), original=original.to("cpu"))
 
 
 def restore_layer(module: nn.Module, change: LayerChange) -> None:
@@ -119,4 +120,4 @@ def restore_layer(module: nn.Module, change: LayerChange) -> None:
         if change.original is not None:
             weight.copy_(change.original)
         else:
-            weight[change.mask] = change.removed.to(weight.dtype)
+            weight[change.mask.to(weight.device)] = change.removed.to(weight.device, weight.dtype)

@@ -1017,50 +1017,52 @@ static int check(int isa, const ps_args *a) {
     return 0;
 }
 
-int ps_bitmask_matmul(int isa, int nthreads, const ps_args *a) {
+/* Row kernels by [isa][dtype] (PS_SCALAR / PS_AVX2 / PS_AVX512 x PS_F32 / PS_BF16 / PS_F16).  check()
+ * refuses an isa above ps_cpu_level(), so off x86 only the scalar rows are ever read. */
+typedef ps_rows_fn ps_rows_table[3][3];
+
+static const ps_rows_table bm_table = {
+    {bm_rows_scalar, bm_rows_scalar, bm_rows_scalar},
+#ifdef PS_X86
+    {bm_rows_256_f32, bm_rows_256_bf16, bm_rows_256_f16},
+    {bm_rows_512_f32, bm_rows_512_bf16, bm_rows_512_f16},
+#endif
+};
+
+static const ps_rows_table csr_table = {
+    {csr_rows_scalar, csr_rows_scalar, csr_rows_scalar},
+#ifdef PS_X86
+    {csr_rows_256, csr_rows_256, csr_rows_256},
+    {csr_rows_512_f32, csr_rows_512_bf16, csr_rows_512_f16},
+#endif
+};
+
+static const ps_rows_table dense_table = {
+    {dense_rows_scalar, dense_rows_scalar, dense_rows_scalar},
+#ifdef PS_X86
+    {dense_rows_256, dense_rows_256_bf16, dense_rows_256_f16},
+    /* 16-bit dense weights take the AVX2 code on AVX-512 machines too (AVX2 is a subset of them) */
+    {dense_rows_512, dense_rows_256_bf16, dense_rows_256_f16},
+#endif
+};
+
+/* The matmul entry points: validate, nothing to do for an empty product, the table's kernel over the rows. */
+static int run_matmul(int isa, int nthreads, const ps_args *a, const ps_rows_table table) {
     const int rc = check(isa, a);
     if (rc) return rc;
     if (a->n == 0 || a->out == 0) return 0;
-    ps_rows_fn fn = bm_rows_scalar;
-#ifdef PS_X86
-    static const ps_rows_fn f512[3] = {bm_rows_512_f32, bm_rows_512_bf16, bm_rows_512_f16};
-    static const ps_rows_fn f256[3] = {bm_rows_256_f32, bm_rows_256_bf16, bm_rows_256_f16};
-    if (isa == PS_AVX512) fn = f512[a->dtype];
-    if (isa == PS_AVX2) fn = f256[a->dtype];
-#endif
-    run_rows(fn, a, nthreads, value_bytes(a));
+    run_rows(table[isa][a->dtype], a, nthreads, value_bytes(a));
     return 0;
 }
+
+int ps_bitmask_matmul(int isa, int nthreads, const ps_args *a) { return run_matmul(isa, nthreads, a, bm_table); }
 
 int ps_csr16_matmul(int isa, int nthreads, const ps_args *a) {
-    const int rc = check(isa, a);
-    if (rc) return rc;
-    if (a->in > 65536) return -2;
-    if (a->n == 0 || a->out == 0) return 0;
-    ps_rows_fn fn = csr_rows_scalar;
-#ifdef PS_X86
-    static const ps_rows_fn f512[3] = {csr_rows_512_f32, csr_rows_512_bf16, csr_rows_512_f16};
-    if (isa == PS_AVX512) fn = f512[a->dtype];
-    if (isa == PS_AVX2) fn = csr_rows_256;
-#endif
-    run_rows(fn, a, nthreads, value_bytes(a));
-    return 0;
+    if (a->in > 65536 && check(isa, a) == 0) return -2; /* uint16 column indices */
+    return run_matmul(isa, nthreads, a, csr_table);
 }
 
-int ps_dense_matmul(int isa, int nthreads, const ps_args *a) {
-    const int rc = check(isa, a);
-    if (rc) return rc;
-    if (a->n == 0 || a->out == 0) return 0;
-    ps_rows_fn fn = dense_rows_scalar;
-#ifdef PS_X86
-    static const ps_rows_fn f256[3] = {dense_rows_256, dense_rows_256_bf16, dense_rows_256_f16};
-    /* 16-bit dense weights take the AVX2 code on AVX-512 machines too (AVX2 is a subset of them) */
-    if (isa == PS_AVX512) fn = a->dtype == PS_F32 ? dense_rows_512 : f256[a->dtype];
-    if (isa == PS_AVX2) fn = f256[a->dtype];
-#endif
-    run_rows(fn, a, nthreads, value_bytes(a));
-    return 0;
-}
+int ps_dense_matmul(int isa, int nthreads, const ps_args *a) { return run_matmul(isa, nthreads, a, dense_table); }
 
 int ps_bitmask_unpack(int isa, int nthreads, const ps_args *a, int64_t r0, int64_t r1, float *dst) {
     const int rc = check(isa, a);

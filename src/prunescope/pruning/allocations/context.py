@@ -85,3 +85,32 @@ class AllocationContext:
             del stats
             if self.release is not None:
                 self.release(index)
+
+
+def allocate_by_block(
+    context: AllocationContext,
+    stats_class: type,
+    label: str,
+    measure: Callable[[dict[str, nn.Module], dict[str, Any]], float],
+    sparsities: Callable[[list[float]], list[float]],
+    key: str,
+    header: dict,
+) -> Allocation:
+    """The closed-form allocations' frame: one dense pass measuring each block (`measure(its layers, its
+    stats)`), block sparsities from the measures in block order, and the record (`header`, then per block
+    its measure under `key` and its target sparsity; the driver adds the realised one)."""
+    measures: dict[int, float] = {}
+    for index, block_layers, stats in context.dense_statistics(stats_class, label):
+        measures[index] = measure(block_layers, stats)
+    indices = sorted(measures)
+    values = sparsities([measures[i] for i in indices])
+    context.record(
+        {
+            **header,
+            "blocks": [
+                {"block": context.block_name(i), key: measures[i], "sparsity": s}
+                for i, s in zip(indices, values, strict=True)
+            ],
+        }
+    )
+    return Allocation(blocks=dict(zip(indices, values, strict=True)))

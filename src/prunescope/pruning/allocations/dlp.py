@@ -17,13 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from ...errors import PrunescopeError
-from ...layers import linear_weight
-from ..methods.wanda import WandaStats, wanda_scores
 from ..registry import register_allocation
-from ._common import clip_sparsity, minmax_spread
+from ._common import allocate_by_wanda, complement_shares, mean_score, spread_sparsities
 from .context import Allocation, AllocationContext
 
 
@@ -41,48 +37,31 @@ class DLPOptions:
             raise PrunescopeError("--dlp-alpha must be in [0, 0.5)")
 
 
-def block_importance(scores: list[torch.Tensor]) -> float:
-    """S_l: the mean of the block's scores, all projections together."""
-    total = sum(float(s.to(torch.float64).sum()) for s in scores)
-    count = sum(s.numel() for s in scores)
-    return total / count if count else 0.0
+block_importance = mean_score  # S_l: the mean of the block's scores, all projections together
 
 
 def dlp_sparsities(importance: list[float], sparsity: float, alpha: float) -> list[float]:
     """Block sparsities from the blocks' importances S_l (module docstring)."""
-    if not importance:
-        return []
-    total = sum(importance)
-    ratios = [1.0 - s / total if total else 0.0 for s in importance]
-    d = minmax_spread(ratios, alpha)
-    mean_d = sum(d) / len(d)
-    return [clip_sparsity(sparsity - di + mean_d) for di in d]
+    return spread_sparsities(complement_shares(importance), alpha, lambda di, mean_d: sparsity - di + mean_d)
 
 
 def allocate_dlp(context: AllocationContext) -> Allocation:
     spec = context.spec
     options: DLPOptions = spec.allocation_options
-    importance: dict[int, float] = {}
-    for index, block_layers, stats in context.dense_statistics(WandaStats, "DLP block importance"):
-        scores = [wanda_scores(linear_weight(module), stats[name]) for name, module in block_layers.items()]
-        importance[index] = block_importance(scores)
-        del scores
-    indices = sorted(importance)
-    values = dlp_sparsities([importance[i] for i in indices], spec.sparsity, options.alpha)
-    context.record(
+    return allocate_by_wanda(
+        context,
+        "DLP block importance",
+        block_importance,
+        lambda importance: dlp_sparsities(importance, spec.sparsity, options.alpha),
+        "importance",
         {
             "allocation": "dlp",
             "dlp_alpha": options.alpha,
             "target_sparsity": spec.sparsity,
             "measure": "importance",
             "measure_label": "mean |W| x ||X|| (dense)",
-            "blocks": [
-                {"block": context.block_name(i), "importance": importance[i], "sparsity": s}
-                for i, s in zip(indices, values, strict=True)
-            ],
-        }
+        },
     )
-    return Allocation(blocks=dict(zip(indices, values, strict=True)))
 
 
 register_allocation(

@@ -27,8 +27,8 @@ from ...errors import PrunescopeError
 from ...layers import linear_weight
 from ..methods.sparsegpt import HessianStats
 from ..registry import register_allocation
-from ._common import clip_sparsity, minmax_spread
-from .context import Allocation, AllocationContext
+from ._common import complement_shares, spread_sparsities
+from .context import Allocation, AllocationContext, allocate_by_block
 
 BETA_BY_TARGET = ((0.5, 0.04), (0.6, 0.10), (0.7, 0.15))  # the reference's table
 GROUP = 128  # columns per greedy group
@@ -82,26 +82,27 @@ def greedy_error(
 
 
 def lsa_sparsities(errors: list[float], sparsity: float, beta: float) -> list[float]:
-    if not errors:
-        return []
-    total = sum(errors)
-    importance = [1.0 - e / total if total else 0.0 for e in errors]
-    d = minmax_spread(importance, beta)
-    mean_d = sum(d) / len(d)
-    return [clip_sparsity(sparsity + mean_d - di) for di in d]
+    """Block sparsities from the blocks' errors E_l (module docstring)."""
+    return spread_sparsities(complement_shares(errors), beta, lambda di, mean_d: sparsity + mean_d - di)
+
+
+def block_error(block_layers: dict, stats: dict) -> float:
+    """E_l: the mean of the block's matrices' greedy errors."""
+    values = [greedy_error(linear_weight(m), stats[name].hessian) for name, m in block_layers.items()]
+    return sum(values) / len(values)
 
 
 def allocate_lsa(context: AllocationContext) -> Allocation:
     spec = context.spec
     options: LSAOptions = spec.allocation_options
     beta = default_beta(spec.sparsity) if options.beta == -1.0 else options.beta
-    errors: dict[int, float] = {}
-    for index, block_layers, stats in context.dense_statistics(HessianStats, "LSA reconstruction errors"):
-        values = [greedy_error(linear_weight(m), stats[name].hessian) for name, m in block_layers.items()]
-        errors[index] = sum(values) / len(values)
-    indices = sorted(errors)
-    values = lsa_sparsities([errors[i] for i in indices], spec.sparsity, beta)
-    context.record(
+    return allocate_by_block(
+        context,
+        HessianStats,
+        "LSA reconstruction errors",
+        block_error,
+        lambda errors: lsa_sparsities(errors, spec.sparsity, beta),
+        "error",
         {
             "allocation": "lsa",
             "lsa_beta": beta,
@@ -109,13 +110,8 @@ def allocate_lsa(context: AllocationContext) -> Allocation:
             "target_sparsity": spec.sparsity,
             "measure": "error",
             "measure_label": "greedy 50 % reconstruction error (dense)",
-            "blocks": [
-                {"block": context.block_name(i), "error": errors[i], "sparsity": s}
-                for i, s in zip(indices, values, strict=True)
-            ],
-        }
+        },
     )
-    return Allocation(blocks=dict(zip(indices, values, strict=True)))
 
 
 register_allocation(

@@ -22,14 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ...errors import PrunescopeError
-from ...layers import linear_weight
-from ..methods.wanda import WandaStats, wanda_scores
 from ..registry import register_allocation
+from ._common import allocate_by_wanda, mean_score, spread_sparsities
 from .context import Allocation, AllocationContext
-
-# A block sparsity is kept inside [0, MAX_BLOCK_SPARSITY]: S +- lambda can leave [0, 1) for S near 0 or 1
-# (the reference sets a non-positive ratio to 0.01; clipping is recorded in the allocation).
-MAX_BLOCK_SPARSITY = 0.99
 
 
 @dataclass(frozen=True)
@@ -46,51 +41,36 @@ class OWLOptions:
 
 def outlier_ratio(scores: Sequence[torch.Tensor], m: float) -> float:
     """LOD of one block: 100 * share of all `scores` (the block's projections together) above m * mean."""
-    total = sum(float(s.to(torch.float64).sum()) for s in scores)
     count = sum(s.numel() for s in scores)
     if count == 0:
         return 0.0
-    threshold = total / count * m
+    threshold = mean_score(scores) * m
     above = sum(int((s.to(torch.float64) > threshold).sum()) for s in scores)
     return 100.0 * above / count
 
 
 def owl_sparsities(ratios: Sequence[float], sparsity: float, lam: float) -> list[float]:
     """Block sparsities from the blocks' outlier ratios (see the module docstring); equal ratios -> S."""
-    if not ratios:
-        return []
-    low, high = min(ratios), max(ratios)
-    spread = high - low
-    d = [(r - low) / spread * 2 * lam if spread > 0 else 0.0 for r in ratios]
-    mean_d = sum(d) / len(d)
-    return [min(max(1.0 - (di - mean_d + (1.0 - sparsity)), 0.0), MAX_BLOCK_SPARSITY) for di in d]
+    return spread_sparsities(ratios, lam, lambda di, mean_d: 1.0 - (di - mean_d + (1.0 - sparsity)))
 
 
 def allocate_owl(context: AllocationContext) -> Allocation:
     spec = context.spec
     options: OWLOptions = spec.allocation_options
-    ratios: dict[int, float] = {}
-    for index, block_layers, stats in context.dense_statistics(WandaStats, "OWL outlier ratios"):
-        scores = [wanda_scores(linear_weight(module), stats[name]) for name, module in block_layers.items()]
-        ratios[index] = outlier_ratio(scores, options.m)
-        del scores
-    indices = sorted(ratios)
-    values = owl_sparsities([ratios[i] for i in indices], spec.sparsity, options.lambda_)
-    # What run.json / prune.json keep: per block its outlier ratio and target sparsity (the driver adds
-    # the realised one).
-    context.record(
+    # What run.json / prune.json keep: per block its outlier ratio and target sparsity.
+    return allocate_by_wanda(
+        context,
+        "OWL outlier ratios",
+        lambda scores: outlier_ratio(scores, options.m),
+        lambda ratios: owl_sparsities(ratios, spec.sparsity, options.lambda_),
+        "outlier_ratio",
         {
             "allocation": spec.allocation,
             "owl_m": options.m,
             "owl_lambda": options.lambda_,
             "target_sparsity": spec.sparsity,
-            "blocks": [
-                {"block": context.block_name(i), "outlier_ratio": ratios[i], "sparsity": s}
-                for i, s in zip(indices, values, strict=True)
-            ],
-        }
+        },
     )
-    return Allocation(blocks=dict(zip(indices, values, strict=True)))
 
 
 register_allocation(
