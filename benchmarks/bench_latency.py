@@ -28,6 +28,7 @@ from torch import nn
 from prunescope.formats import FORMATS
 from prunescope.hardware.machine import machine_line
 from prunescope.latency import (
+    BenchSubject,
     LatencyConfig,
     TimingPolicy,
     bench_layers,
@@ -78,9 +79,13 @@ def bench_opt(sparsity: float, layer_config: LatencyConfig, model_config: Latenc
     names = list(prunable_layers(model))
     pruned = copy.deepcopy(model)
     prune(pruned, {n: pruned.get_submodule(n) for n in names}, PruneSpec.create("magnitude", sparsity))
-    rows = _tag(bench_layers(model, pruned, names, layer_config), subject="opt-125m", s=sparsity)
+    rows = _tag(
+        bench_layers(BenchSubject(model, pruned, names, layer_config)), subject="opt-125m", s=sparsity
+    )
     if model_config.model_level:
-        rows += _tag(bench_model(model, pruned, names, model_config), subject="opt-125m", s=sparsity)
+        rows += _tag(
+            bench_model(BenchSubject(model, pruned, names, model_config)), subject="opt-125m", s=sparsity
+        )
     return rows
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
 
 import pandas as pd
-import typer
 from rich.table import Table
 
 from ..errors import PrunescopeError
+from ..experiments.config import option
 from . import options
 from .common import OutOpt, OverwriteOpt, ProgressOpt, at_least, console, err_console, user_errors
 
@@ -71,16 +71,21 @@ def _print_table(frame: pd.DataFrame, title: str, columns: list[tuple[str, str, 
 
 # Identify a row; shown even when the variant did not run.
 _KEYS = {"shape", "n", "format", "kind", "batch", "seqlen", "flop_theory", "byte_theory"}
+# The measured speedup and what FLOPs and bytes predict, in both tables.
+_RATIOS = [
+    ("speedup", "speedup", "{:.2f}x"),
+    ("flop_theory", "FLOP theory", "{:.2f}x"),
+    ("byte_theory", "byte theory", "{:.2f}x"),
+]
+_MEDIAN = ("median_s", "median ms", "{:.4g}")
 _LAYER_TABLE = [
     ("shape", "shape", "{}"),
     ("n", "n", "{}"),
     ("format", "format", "{}"),
-    ("median_s", "median ms", "{:.4g}"),
+    _MEDIAN,
     ("min_s", "min ms", "{:.4g}"),
     ("max_s", "max ms", "{:.4g}"),
-    ("speedup", "speedup", "{:.2f}x"),
-    ("flop_theory", "FLOP theory", "{:.2f}x"),
-    ("byte_theory", "byte theory", "{:.2f}x"),
+    *_RATIOS,
     ("measured_over_flop", "meas/FLOP", "{:.2f}"),
     ("measured_over_bytes", "meas/byte", "{:.2f}"),
     ("status", "status", "{}"),
@@ -90,11 +95,9 @@ _MODEL_TABLE = [
     ("batch", "batch", "{}"),
     ("seqlen", "seq/tokens", "{}"),
     ("format", "format", "{}"),
-    ("median_s", "median ms", "{:.4g}"),
+    _MEDIAN,
     ("tokens_per_s", "tokens/s", "{:,.1f}"),
-    ("speedup", "speedup", "{:.2f}x"),
-    ("flop_theory", "FLOP theory", "{:.2f}x"),
-    ("byte_theory", "byte theory", "{:.2f}x"),
+    *_RATIOS,
     ("measured_over_bytes", "meas/byte", "{:.2f}"),
     ("status", "status", "{}"),
 ]
@@ -116,47 +119,68 @@ def print_latency(result) -> None:
     console.print(environment_line(result.environment), highlight=False)
 
 
+@dataclass
+class BenchOptions:
+    """The bench's own options (what to time and how); what to prune comes from the study's groups."""
+
+    formats: str = option(
+        "dense,masked,csr,bsr",
+        "Comma list: dense, masked, csr, bsr, bitmask, csr16, auto, semi-structured (2:4, CUDA compute "
+        "capability >= 8.0).",
+    )
+    tokens: str = option("1,8,64,512", "Layer-level token counts n (decode to prefill).")
+    block_size: int = option(16, "BSR block size.")
+    prefill_grid: str = option("1x128,4x128", "Model prefill shapes, BATCHxSEQLEN list.")
+    decode_batches: str = option("1,8", "Batch sizes of KV-cache decoding.")
+    decode_tokens: int = option(16, "Tokens generated per decode measurement.")
+    min_time: float = option(0.2, "Seconds of samples per measurement (at least).")
+    layers_only: bool = option(False, "Skip the model-level prefill/decode runs.")
+    cache: str = option(
+        "cold",
+        "cold: every timed call reads weights in no cache (rotated copies > 2x the last-level cache, or a "
+        "flush), as decode of a large model does; hot: one copy, repeated.",
+    )
+    auto_tokens: str = option("1,64", "Token counts `auto` times each layer at: decode first, then prefill.")
+    threads: int | None = option(None, "torch threads (default: torch's).")
+
+    def __post_init__(self) -> None:
+        if self.min_time <= 0:
+            raise PrunescopeError("--min-time must be > 0")
+        at_least(self.block_size, 1, "--block-size")
+        at_least(self.decode_tokens, 1, "--decode-tokens")
+        if self.threads is not None and self.threads < 1:
+            raise PrunescopeError("--threads must be >= 1")
+
+    def latency_config(self, seed: int):
+        from ..latency import LatencyConfig, TimingPolicy, parse_formats
+
+        return LatencyConfig(
+            formats=parse_formats(self.formats),
+            tokens=parse_ints(self.tokens, "--tokens"),
+            block_size=self.block_size,
+            prefill_grid=parse_grid(self.prefill_grid),
+            decode_batches=parse_ints(self.decode_batches, "--decode-batches"),
+            decode_tokens=self.decode_tokens,
+            policy=TimingPolicy(min_time=self.min_time, max_time=max(3.0, 15 * self.min_time)),
+            model_level=not self.layers_only,
+            seed=seed,
+            cache=self.cache,
+            auto_tokens=tuple(parse_ints(self.auto_tokens, "--auto-tokens")),
+        )
+
+
 def _bench_options() -> list:
     # What to prune (and with which calibration) as in `study`; the timing options are the bench's own.
     chosen = options.study_options(
         groups=("load", "prune", "calib", "run"), skip=("variants", "seeds", "latency", "per_token")
     )
     sparsity = {"help": "Fraction of prunable weights set to zero (default 0.5 here, or what N:M implies)."}
-    return options.override(chosen, sparsity=sparsity)
+    return options.group_options(BenchOptions) + options.override(chosen, sparsity=sparsity)
 
 
 @options.with_options(_bench_options)
 @user_errors
 def bench(
-    formats: Annotated[
-        str,
-        typer.Option(
-            help="Comma list: dense, masked, csr, bsr, bitmask, csr16, auto, semi-structured (2:4, CUDA "
-            "compute capability >= 8.0)."
-        ),
-    ] = "dense,masked,csr,bsr",
-    tokens: Annotated[
-        str, typer.Option(help="Layer-level token counts n (decode to prefill).")
-    ] = "1,8,64,512",
-    block_size: Annotated[int, typer.Option(help="BSR block size.")] = 16,
-    prefill_grid: Annotated[
-        str, typer.Option(help="Model prefill shapes, BATCHxSEQLEN list.")
-    ] = "1x128,4x128",
-    decode_batches: Annotated[str, typer.Option(help="Batch sizes of KV-cache decoding.")] = "1,8",
-    decode_tokens: Annotated[int, typer.Option(help="Tokens generated per decode measurement.")] = 16,
-    min_time: Annotated[float, typer.Option(help="Seconds of samples per measurement (at least).")] = 0.2,
-    layers_only: Annotated[bool, typer.Option(help="Skip the model-level prefill/decode runs.")] = False,
-    cache: Annotated[
-        str,
-        typer.Option(
-            help="cold: every timed call reads weights in no cache (rotated copies > 2x the last-level "
-            "cache, or a flush), as decode of a large model does; hot: one copy, repeated."
-        ),
-    ] = "cold",
-    auto_tokens: Annotated[
-        str, typer.Option(help="Token counts `auto` times each layer at: decode first, then prefill.")
-    ] = "1,64",
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
     out: OutOpt = Path("results/bench"),
     overwrite: OverwriteOpt = False,
     progress: ProgressOpt = True,
@@ -166,36 +190,19 @@ def bench(
     import copy
 
     from ..experiments.config import VALIDATION_SEQLEN, StudyConfig
-    from ..latency import LatencyConfig, TimingPolicy, parse_formats, run_latency
+    from ..latency import run_latency
     from ..layers import prunable_layers
     from ..models import load_model
     from ..pruning import prune
     from ..report.latency import write_latency
     from ..report.output import atomic_directory, check_output
 
-    if min_time <= 0:
-        raise PrunescopeError("--min-time must be > 0")
-    at_least(block_size, 1, "--block-size")
-    at_least(decode_tokens, 1, "--decode-tokens")
-    if threads is not None:
-        if threads < 1:
-            raise PrunescopeError("--threads must be >= 1")
+    own = BenchOptions(**{f.name: values.pop(f.name) for f in fields(BenchOptions)})
+    if own.threads is not None:
         import torch
 
-        torch.set_num_threads(threads)
-    config = LatencyConfig(
-        formats=parse_formats(formats),
-        tokens=parse_ints(tokens, "--tokens"),
-        block_size=block_size,
-        prefill_grid=parse_grid(prefill_grid),
-        decode_batches=parse_ints(decode_batches, "--decode-batches"),
-        decode_tokens=decode_tokens,
-        policy=TimingPolicy(min_time=min_time, max_time=max(3.0, 15 * min_time)),
-        model_level=not layers_only,
-        seed=values["seed"],
-        cache=cache,
-        auto_tokens=tuple(parse_ints(auto_tokens, "--auto-tokens")),
-    )
+        torch.set_num_threads(own.threads)
+    config = own.latency_config(values["seed"])
     if values["sparsity"] is None and values["pattern"].strip().lower() in ("", "unstructured"):
         values["sparsity"] = 0.5
     study = StudyConfig(**values, variants=["dense"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..hardware.timing import Candidate, Timing, TimingPolicy, measure, measure_interleaved
 from .benchmark import (
+    BenchSubject,
     LatencyConfig,
     LatencyResult,
     bench_layers,
@@ -30,6 +31,7 @@ __all__ = [
     "Timing",
     "TimingPolicy",
     "Unsupported",
+    "BenchSubject",
     "bench_layers",
     "bench_model",
     "bench_weight",

@@ -319,16 +319,26 @@ def _layer_candidate(
     return cold_candidate(first_then_copies, tensor_bytes(tensors), llc, flush)
 
 
-def bench_layers(
-    dense_model: nn.Module,
-    pruned_model: nn.Module,
-    names: list[str],
-    config: LatencyConfig,
-    clock: Clock | None = None,
-    sync: Callable[[], None] | None = None,
-    on_shape: Callable[[str], None] | None = None,
-) -> list[dict]:
+@dataclass
+class BenchSubject:
+    """What a layer- or model-level benchmark times: the pruned model's `names` (and their formats)
+    against the same layers of the dense model, under `config`; `clock` / `sync` replace the timer's
+    (tests), `on_step` hears each step."""
+
+    dense_model: nn.Module
+    pruned_model: nn.Module
+    names: list[str]
+    config: LatencyConfig
+    clock: Clock | None = None
+    sync: Callable[[], None] | None = None
+    on_step: Callable[[str], None] | None = None
+
+
+def bench_layers(subject: BenchSubject) -> list[dict]:
     """`bench_weight` on the first pruned layer of each distinct shape (they share kernels and sizes)."""
+    dense_model, pruned_model, config = subject.dense_model, subject.pruned_model, subject.config
+    clock, sync, on_shape = subject.clock, subject.sync, subject.on_step
+    names = subject.names
     rows = []
     for (out_features, in_features), members in distinct_shapes(pruned_model, names).items():
         if on_shape is not None:
@@ -481,16 +491,11 @@ def _model_rows(kind: str, shape: dict, tokens: int, variants, checks, timings, 
 
 
 @torch.inference_mode()
-def bench_model(
-    dense_model: nn.Module,
-    pruned_model: nn.Module,
-    names: list[str],
-    config: LatencyConfig,
-    clock: Clock | None = None,
-    sync: Callable[[], None] | None = None,
-    on_step: Callable[[str], None] | None = None,
-) -> list[dict]:
+def bench_model(subject: BenchSubject) -> list[dict]:
     """Prefill latency over the (batch x seqlen) grid and KV-cache decode throughput per batch size."""
+    dense_model, pruned_model, config = subject.dense_model, subject.pruned_model, subject.config
+    clock, sync, on_step = subject.clock, subject.sync, subject.on_step
+    names = subject.names
     device, dtype = _device_dtype(pruned_model)
     timer = timer_for(device, clock, sync)
     context = _context_length(pruned_model)
@@ -572,15 +577,8 @@ def run_latency(
 ) -> LatencyResult:
     """Layer-level then model-level benchmarks of `pruned_model` (and its formats) against `dense_model`."""
     device, dtype = _device_dtype(pruned_model)
-    layers = (
-        bench_layers(dense_model, pruned_model, names, config, clock, sync, on_step)
-        if config.layer_level
-        else []
-    )
-    model = (
-        bench_model(dense_model, pruned_model, names, config, clock, sync, on_step)
-        if config.model_level
-        else []
-    )
+    subject = BenchSubject(dense_model, pruned_model, names, config, clock, sync, on_step)
+    layers = bench_layers(subject) if config.layer_level else []
+    model = bench_model(subject) if config.model_level else []
     env = environment(device, dtype, config.cache)
     return LatencyResult(layers, model, env, config.describe(), info or {})
