@@ -1,14 +1,14 @@
 """Behaviour of a variant against the dense reference: top-1 agreement, top-5 overlap, KL, perplexity, and the
 distribution of the per-token values behind them (percentiles, paired stderr, bootstrap intervals).
 
-The dense pass runs once. What it keeps (`reference.py`) is the dense model's **final hidden states** (the input of the
-output head, captured with a forward pre-hook on `get_output_embeddings()`), tokens × hidden, in memory or
-spilled batch by batch to a folder, plus a few facts per position (dense argmax, top-5 ids, max and target
-log-probability) and a private copy of the dense output head's weight and bias (vocabulary × hidden: fixed,
-whatever the token count). When a variant is compared, the dense distribution is recomputed batch by batch
-from those hidden states through that head — the very matmul and log-softmax the dense model ran, so every
-metric is exact (checked on the first batch: the head must reproduce the model's logits bit for bit,
-final-logit softcapping or logit scaling included, or the study stops with one line).
+The dense pass runs once. What it keeps (`reference.py`) is the dense model's **final hidden states** (the
+input of the output head, captured with a forward pre-hook on `get_output_embeddings()`), tokens × hidden,
+in memory or spilled batch by batch to a folder, plus a few facts per position (dense argmax, top-5 ids, max
+and target log-probability) and a private copy of the dense output head's weight and bias (vocabulary ×
+hidden: fixed, whatever the token count). When a variant is compared, the dense distribution is recomputed
+batch by batch from those hidden states through that head — the very matmul and log-softmax the dense model
+ran, so every metric is exact (checked on the first batch: the head must reproduce the model's logits bit
+for bit, final-logit softcapping or logit scaling included, or the study stops with one line).
 Why this mechanism: it is exact, bounded (tokens × hidden instead of tokens × vocabulary: for a Llama-3
 vocabulary 64× less than fp32 log-probabilities even at hidden 4096), and the same for studies, sweeps and
 sensitivity maps (every variant, sparse formats included, is converted once and compared batch by batch
