@@ -109,7 +109,7 @@ _ALLOWED = {
     "errors": "",
     "version": "",
     "util": "errors",
-    "hardware": "errors",
+    "hardware": "errors util",
     "device": "errors",
     "demo": "errors",
     # quantization may be imported by formats (a quantized format), so it stays below them

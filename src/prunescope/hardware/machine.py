@@ -21,23 +21,26 @@ from pathlib import Path
 
 import torch
 
+from ..errors import PrunescopeError
+from ..util import units
+
 # Takes tensors out of every cache level in place (e.g. `formats.native.flush_cache`); False when it cannot.
 LineFlush = Callable[[list[torch.Tensor]], bool]
 
 SYSFS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
 # Used only when neither sysfs nor lscpu says: larger than most desktop L3s, so "cold" stays cold.
 FALLBACK_LLC_BYTES = 64 * 2**20
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
 # Flags that decide which kernel path and which conversions a CPU has.
 _FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
 
 def parse_size(text: str) -> int | None:
-    """'32768K' / '32 MiB' / '512 KiB' / '1048576' -> bytes; None if unreadable."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?\s*", text.strip(), re.IGNORECASE)
-    if not match:
+    """'32768K' / '32 MiB' / '512 KiB' / '1048576' -> bytes (the one unit rule of `util.units`: Linux's bare
+    K/M/G are binary); None if unreadable, so a cache that cannot be read is simply not reported."""
+    try:
+        return units.parse_size(text)
+    except PrunescopeError:
         return None
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
 def _sysfs_caches(root: Path) -> dict[str, int]:
