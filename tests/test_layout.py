@@ -121,7 +121,8 @@ _ALLOWED = {
     "latency": "errors formats hardware layers structure util",
     "models": "errors util device demo checkpoint",
     "evaluation": "errors util device demo models",
-    "pruning": "errors util device demo layers evaluation hardware",
+    # pruning -> quantization: SparseGPT's joint prune + quantize pass (GPTQ in its column loop)
+    "pruning": "errors util device demo layers evaluation hardware quantization",
     "checkpoint": "errors util device layers formats structure pruning evaluation quantization cli",
     "report": "errors util hardware latency models evaluation structure layers",
     "experiments": "errors util version device hardware demo layers structure formats quantization latency "

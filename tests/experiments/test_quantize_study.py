@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -90,6 +92,50 @@ def test_gptq_twin_restores_exactly(tiny_model_dir, tmp_path):
     assert abs(results["csr+int4"].behaviour.kl_mean - results["masked+int4"].behaviour.kl_mean) < 1e-4
     after = dict(bench.model.named_parameters())
     assert all(torch.equal(after[name], value) for name, value in before.items())
+
+
+def test_sparsegpt_gptq_twins_come_from_the_joint_pass(tiny_model_dir, tmp_path):
+    """With SparseGPT and --quant-method gptq a twin is the reference's one loop that prunes and quantizes:
+    its weights are exactly what `prune` with `PruneSpec.quantize` gives, its mask is its own, and the
+    dense model comes back bit for bit."""
+    from prunescope.pruning import PruneSpec, prune, restore
+
+    config = _config(tiny_model_dir, quantize="int4", group_size=16, quant_method="gptq", calib_samples=4)
+    bench = Workbench(config, work_dir=tmp_path / "work", progress=False)
+    before = {name: p.detach().clone() for name, p in bench.model.named_parameters()}
+    spec = PruneSpec.create("sparsegpt", 0.5, calib_samples=4, calib_seqlen=32)
+    results = bench.evaluate(spec, ["masked", "masked+int4", "bitmask+int4"]).variants
+    assert list(results) == ["masked", "masked+int4", "bitmask+int4"]
+    assert results["masked+int4"].summary["quant_pass"] == "joint"
+    assert abs(results["bitmask+int4"].behaviour.kl_mean - results["masked+int4"].behaviour.kl_mean) < 1e-4
+    after = dict(bench.model.named_parameters())
+    assert all(torch.equal(after[name], value) for name, value in before.items())
+
+    # The same joint pass by hand: every layer holds its codes' dequantized values, zeros where pruned.
+    options = QuantOptions("int4", group_size=16, method="gptq")
+    joint = dataclasses.replace(spec, quantize=options)
+    record = prune(bench.model, bench.layers, joint, bench.calibration(joint), progress=False)
+    try:
+        for name, change in record.changes.items():
+            weight = bench.model.get_submodule(name).weight
+            assert torch.equal(change.quantized.dequantize(weight.dtype).masked_fill(change.mask, 0), weight)
+            assert (weight[change.mask] == 0).all()
+        kl_joint = results["masked+int4"].behaviour.kl_mean
+        assert kl_joint == pytest.approx(bench.evaluation.compare(bench.model, "x", False).kl_mean, rel=1e-6)
+    finally:
+        restore(bench.model, record)
+
+
+def test_joint_quantization_is_refused_where_it_does_not_exist():
+    from prunescope.pruning import PruneSpec
+
+    gptq = QuantOptions("int4", method="gptq")
+    with pytest.raises(PrunescopeError, match="cannot prune and quantize in one pass"):
+        PruneSpec(method="wanda", sparsity=0.5, quantize=gptq)
+    with pytest.raises(PrunescopeError, match="GPTQ's column loop"):
+        PruneSpec(method="sparsegpt", sparsity=0.5, quantize=QuantOptions("int4"))
+    with pytest.raises(PrunescopeError, match="does not combine with the joint pass"):
+        PruneSpec(method="sparsegpt", sparsity=0.5, refine="dsnot", quantize=gptq)
 
 
 # Hand counts for one 64 x 128 layer at exactly 50 % sparsity, fp32, group 128 (one group per row).

@@ -10,6 +10,7 @@ details); nothing is left on the workbench for a later read.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -189,6 +190,41 @@ class Workbench:
             )
         return self._calibration[key]
 
+    def _twin_options(self, twins: list[str], pruned: list[str]) -> dict:
+        """The quantizer of each twin's `+<bits>`, validated against the twins' formats and layer shapes."""
+        from ..quantization import QuantOptions
+        from .quantize import check_groups, check_twins, split_variant
+
+        check_twins(twins, [split_variant(t)[1] for t in twins])
+        quant = self.config.quant
+        options = {
+            name: QuantOptions(name, quant.group_size, quant.quant_method)
+            for name in dict.fromkeys(split_variant(t)[1] for t in twins)
+        }
+        check_groups({n: linear_shape(self.model.get_submodule(n)) for n in pruned}, list(options.values()))
+        return options
+
+    def _measure_quantized(
+        self, twin: str, pruned: list[str], quantized: dict, records: dict
+    ) -> VariantResult:
+        """The model holds `twin`'s quantized values now: measure it, in its format if it has one (the format
+        then stores the quantized values). `records` (file name -> record with `spill`) go to the work
+        folder while a format's copy of the weights exists."""
+        from .quantize import split_variant
+
+        base = split_variant(twin)[0]
+        if base in ("dense", "masked"):
+            return self._measure(twin, pruned, quantized)
+        if self.work_dir is not None:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            for file_name, record in records.items():
+                record.spill(self.work_dir / file_name)
+        conversion = convert(self.model, pruned, base)
+        try:
+            return self._measure(twin, pruned, quantized)
+        finally:
+            conversion.revert()
+
     def quantized_twins(
         self,
         twins: list[str],
@@ -200,53 +236,80 @@ class Workbench:
         """Measure each twin `<variant>+<bits>` on the model as it is now (pruned, or dense for `dense+`):
         quantize `pruned` in place, convert to the twin's format if it has one, measure every metric,
         revert the format and restore the exact weights before the next twin."""
-        from ..quantization import QuantOptions, collect_hessians, quantize_model
-        from .quantize import check_groups, check_twins, split_variant
+        from ..quantization import collect_hessians, quantize_model
+        from .quantize import split_variant
 
         results: dict[str, VariantResult] = {}
         if not twins:
             return results
-        check_twins(twins, [split_variant(t)[1] for t in twins])
-        quant = self.config.quant
-        options = {
-            name: QuantOptions(name, quant.group_size, quant.quant_method)
-            for name in dict.fromkeys(split_variant(t)[1] for t in twins)
-        }
-        check_groups({n: linear_shape(self.model.get_submodule(n)) for n in pruned}, list(options.values()))
+        options = self._twin_options(twins, pruned)
         hessians = None
-        if quant.quant_method == "gptq":  # one-shot Hessians of the model as pruned, shared by its twins
+        if self.config.quant.quant_method == "gptq":  # one-shot Hessians of the model as pruned
             start = time.perf_counter()
-            device = self.loaded.device
-            samples = [s.to(device) for s in self._quant_samples(spec)]
+            samples = [s.to(self.loaded.device) for s in self._quant_samples(spec)]
             hessians = collect_hessians(self.model, pruned, samples)
             if timings is not None:
                 timings["quant_hessians"] = time.perf_counter() - start
         for twin in twins:
-            base, name = split_variant(twin)
+            name = split_variant(twin)[1]
             start = time.perf_counter()
             qrecord = quantize_model(self.model, pruned, options[name], hessians)
-            quantized = dict.fromkeys(pruned, options[name])
+            records = {
+                "quant_record.pt": qrecord,
+                **({"prune_record.pt": record} if record is not None else {}),
+            }
             try:
-                if base in ("dense", "masked"):
-                    results[twin] = self._measure(twin, pruned, quantized)
-                else:
-                    if self.work_dir is not None:
-                        self.work_dir.mkdir(parents=True, exist_ok=True)
-                        if record is not None:
-                            record.spill(self.work_dir / "prune_record.pt")
-                        qrecord.spill(self.work_dir / "quant_record.pt")
-                    conversion = convert(self.model, pruned, base)  # the format holds the quantized values
-                    try:
-                        results[twin] = self._measure(twin, pruned, quantized)
-                    finally:
-                        conversion.revert()
+                results[twin] = self._measure_quantized(
+                    twin, pruned, dict.fromkeys(pruned, options[name]), records
+                )
             finally:
                 qrecord.restore(self.model)  # bit-exact: the pruned (or dense) weights again
             self.with_protocol(results[twin])
             results[twin].summary["quant_seconds"] = qrecord.seconds
+            results[twin].summary["quant_pass"] = "after pruning" if record is not None else "dense"
             if timings is not None:
                 timings[f"variant_{twin}"] = time.perf_counter() - start
         return results
+
+    def joint_twins(
+        self, twins: list[str], spec: PruneSpec, timings: dict[str, float] | None = None
+    ) -> dict[str, VariantResult]:
+        """Twins of a method that prunes and quantizes in one pass (SparseGPT with GPTQ, as the SparseGPT
+        reference's `--wbits`): per quantizer the dense model is pruned again with `spec.quantize` set, so
+        each kept column is quantized inside the pruning loop and its error propagated; the twins of that
+        quantizer are measured, then the dense weights restored. The mask may differ from the plain pass's."""
+        from .quantize import split_variant
+
+        results: dict[str, VariantResult] = {}
+        pruned = list(self.layers)
+        for name, options in self._twin_options(twins, pruned).items():
+            joint = dataclasses.replace(spec, quantize=options)
+            record = prune(self.model, self.layers, joint, self.calibration(joint), progress=self.progress)
+            try:
+                for twin in [t for t in twins if split_variant(t)[1] == name]:
+                    start = time.perf_counter()
+                    quantized = dict.fromkeys(pruned, options)
+                    results[twin] = self._measure_quantized(
+                        twin, pruned, quantized, {"joint_record.pt": record}
+                    )
+                    record.unspill()
+                    self.with_protocol(results[twin])
+                    results[twin].summary["quant_seconds"] = record.seconds
+                    results[twin].summary["quant_pass"] = "joint"
+                    if timings is not None:
+                        timings[f"variant_{twin}"] = time.perf_counter() - start + record.seconds
+            finally:
+                record.unspill()
+                restore(self.model, record)
+        return results
+
+    def joint_quantization(self, spec: PruneSpec) -> bool:
+        """GPTQ twins come from the method's own joint pass (SparseGPT) rather than after pruning."""
+        return (
+            self.config.quant.quant_method == "gptq"
+            and spec.method_plugin.quantizes
+            and spec.refinement_plugin.refine is None
+        )
 
     def dense_twins(self, quantizers: list[str]) -> dict[str, VariantResult]:
         """`dense+<bits>`: every prunable layer of the dense model quantized, measured, restored."""
@@ -285,8 +348,9 @@ class Workbench:
                 self.with_protocol(results[variant])
                 timings[f"variant_{variant}"] = time.perf_counter() - start
             twins = [v for v in variants if is_twin(v)]
-            results.update(self.quantized_twins(twins, spec, pruned, record, timings))
-            results = {v: results[v] for v in variants}
+            joint = bool(twins) and self.joint_quantization(spec)
+            if not joint:
+                results.update(self.quantized_twins(twins, spec, pruned, record, timings))
             if while_pruned is not None:
                 record.unspill()
                 while_pruned(record)
@@ -294,6 +358,9 @@ class Workbench:
             if record is not None:
                 record.unspill()
                 restore(self.model, record)
+        if joint:
+            results.update(self.joint_twins(twins, spec, timings))
+        results = {v: results[v] for v in variants}
         return Evaluated(results, timings, record.nbytes, record.details)
 
     def run_info(self) -> dict:

@@ -22,25 +22,44 @@ class _Captured(Exception):
     """Raised by the capture hook to stop the forward pass once block 0's inputs are known."""
 
 
+def park(hidden: torch.Tensor) -> torch.Tensor:
+    """Where a sample's hidden states wait between blocks: in pinned host memory when they were computed on
+    a GPU (128 samples x seqlen x hidden do not fit next to a 7B model on a T4; each comes back as its
+    block needs it), else where they are."""
+    if hidden.device.type != "cuda":
+        return hidden
+    parked = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True)
+    parked.copy_(hidden)
+    return parked
+
+
 @dataclass
 class BlockInput:
-    """Everything one decoder block is called with for one sample; `hidden` replaces the hidden states."""
+    """Everything one decoder block is called with for one sample; `hidden` replaces the hidden states.
+
+    `hidden` may be parked in host memory (`park`); `call` brings it to `device`, where the block runs."""
 
     args: tuple  # positional arguments after the hidden states
     kwargs: dict
     hidden: torch.Tensor
     in_kwargs: bool  # hidden states were passed as `hidden_states=` rather than positionally
+    device: torch.device | None = None  # where the block computes; None = where `hidden` is
 
     def call(self, block: nn.Module) -> torch.Tensor:
+        hidden = self.hidden if self.device is None else self.hidden.to(self.device, non_blocking=True)
         if self.in_kwargs:
-            out = block(*self.args, **{**self.kwargs, "hidden_states": self.hidden})
+            out = block(*self.args, **{**self.kwargs, "hidden_states": hidden})
         else:
-            out = block(self.hidden, *self.args, **self.kwargs)
+            out = block(hidden, *self.args, **self.kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
+
+    def advance(self, block: nn.Module) -> None:
+        """The block's outputs become this sample's hidden states (parked until the next block)."""
+        self.hidden = park(self.call(block))
 
     def copy(self) -> BlockInput:
         """A copy whose `hidden` can be advanced without touching this one (tensors are shared)."""
-        return BlockInput(self.args, self.kwargs, self.hidden, self.in_kwargs)
+        return BlockInput(self.args, self.kwargs, self.hidden, self.in_kwargs, self.device)
 
 
 def _share(value: Any, previous: Any) -> Any:
@@ -122,7 +141,7 @@ def capture_block_inputs(
         if captured:
             rest = _share(rest, captured[-1].args)
             kwargs = {key: _share(value, captured[-1].kwargs.get(key)) for key, value in kwargs.items()}
-        captured.append(BlockInput(rest, kwargs, hidden, in_kwargs))
+        captured.append(BlockInput(rest, kwargs, park(hidden), in_kwargs, hidden.device))
         raise _Captured
 
     handle = block.register_forward_pre_hook(hook, with_kwargs=True)
@@ -161,7 +180,7 @@ def record_inputs(
     try:
         for item in inputs:
             if advance:
-                item.hidden = item.call(block)
+                item.advance(block)
             else:
                 item.call(block)
     finally:

@@ -194,7 +194,7 @@ def prune_block_by_block(
             _call(storage.write, index, block_layers)
         if index < last:  # the pruned block's outputs feed the next block
             for item in inputs:
-                item.hidden = item.call(block)
+                item.advance(block)
         _call(storage.release, index)
     record_realised(report, pruned, {name: linear_weight(m).numel() for name, m in layers.items()})
     return pruned

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +40,9 @@ class LayerChange:
     packed_mask: torch.Tensor
     removed: torch.Tensor | None = None
     original: torch.Tensor | None = None
+    # A joint prune + quantize pass (`PruneSpec.quantize`): the layer's QuantizedWeight, whose dequantized
+    # values the weight now holds. Not undo data: restoring copies `original` back.
+    quantized: Any = None
 
     @property
     def mask(self) -> torch.Tensor:

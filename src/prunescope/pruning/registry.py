@@ -110,6 +110,8 @@ class MethodPlugin(Plugin):
     prune_layer: Callable | None = None
     score: Callable | None = None
     weight_free: bool = False
+    # prune_layer honours `spec.quantize`: one pass prunes and quantizes (SparseGPT's joint GPTQ loop)
+    quantizes: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -95,6 +95,9 @@ class PruneSpec:
     # `allocation` may be a path ending in .json (`allocations/from_file.py`): the SHA-256 of its mapping,
     # filled in when the file is read; a given one must match the file's.
     allocation_sha256: str = ""
+    # Joint pruning + quantization (a `quantization.QuantOptions` with method "gptq"): a method that
+    # `quantizes` (SparseGPT) prunes and quantizes each layer in one column loop, as its reference does.
+    quantize: Any = None
 
     def __post_init__(self) -> None:
         method = METHODS.get(self.method)
@@ -130,6 +133,22 @@ class PruneSpec:
                 )
         if self.calib_samples < 1 or self.calib_seqlen < 2:
             raise PrunescopeError("calibration needs at least 1 sample of at least 2 tokens")
+        self._check_joint_quantization(method)
+
+    def _check_joint_quantization(self, method: MethodPlugin) -> None:
+        if self.quantize is None:
+            return
+        if self.quantize.method != "gptq":  # RTN needs no pass of its own: it rounds the pruned weights
+            raise PrunescopeError("joint pruning + quantization is GPTQ's column loop (--quant-method gptq)")
+        if not method.quantizes:
+            joint = ", ".join(p.name for p in METHODS.plugins() if p.quantizes)
+            raise PrunescopeError(
+                f"{self.method} cannot prune and quantize in one pass (joint quantization: {joint})"
+            )
+        if self.refinement_plugin.refine is not None:
+            raise PrunescopeError(
+                "--refine changes masks after quantization; it does not combine with the joint pass"
+            )
 
     def _check_allocation_file(self) -> None:
         from .allocations.file_format import is_allocation_file, load_mapping
@@ -259,4 +278,5 @@ class PruneSpec:
                 if refinement.refine is not None
                 else {}
             ),
+            **({"joint_quantization": self.quantize.label} if self.quantize is not None else {}),
         }

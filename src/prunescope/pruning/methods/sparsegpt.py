@@ -79,14 +79,39 @@ def sparsegpt_solve(
     return w, mask
 
 
+def sparsegpt_gptq_solve(weight: torch.Tensor, hessian: torch.Tensor, spec: PruneSpec):
+    """The reference's joint loop (`fasterprune` with a quantizer): each kept column is quantized after
+    masking and its error propagated. Returns (dequantized weight fp32, mask, QuantizedWeight)."""
+    from ...quantization import sparsegpt_gptq  # lazily: quantization is only needed for the joint pass
+
+    options = spec.method_options
+    n, m = (spec.pattern.n, spec.pattern.m) if spec.pattern.structured else (0, 0)
+    return sparsegpt_gptq(
+        weight.detach(),  # copied to fp32 there; the codes' scales keep the weight's dtype
+        hessian,
+        spec.sparsity,
+        spec.quantize,
+        blocksize=options.blocksize,
+        percdamp=options.damp,
+        prune_n=n,
+        prune_m=m,
+    )
+
+
 def prune_sparsegpt(module: nn.Module, stats: HessianStats, spec: PruneSpec) -> LayerChange:
     weight = linear_weight(module)
     original = weight.detach().clone()
-    pruned, mask = sparsegpt_solve(weight, stats.hessian, spec)
+    quantized = None
+    if spec.quantize is not None:
+        pruned, mask, quantized = sparsegpt_gptq_solve(weight, stats.hessian, spec)
+    else:
+        pruned, mask = sparsegpt_solve(weight, stats.hessian, spec)
     with torch.no_grad():
         weight.copy_(pruned.to(weight.dtype))
         weight.masked_fill_(mask, 0)  # exact zeros even after a cast to half precision
-    return record_update(module, original, mask)
+    change = record_update(module, original, mask)
+    change.quantized = quantized
+    return change
 
 
 register_method(
@@ -100,4 +125,5 @@ register_method(
     scopes=("layer",),
     stats=HessianStats,
     prune_layer=prune_sparsegpt,
+    quantizes=True,
 )
