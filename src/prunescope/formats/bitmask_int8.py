@@ -5,7 +5,8 @@ max|w_row| / 127, code = clamp(round(w / scale), -127, 127)), then stored like `
 codes as its values.  A weight whose code is 0 (pruned, or too small for its row's scale) is not stored:
 the bitmap marks exactly the non-zero codes, so `to_dense()` (the dequantized weight, scale * code) has
 zeros exactly there.  One token moves (1 - s) + 1/8 bytes per weight against dense int8's 1: the byte bound
-over `aten._weight_int8pack_mm` is 1 / ((1 - s) + 1/8), 1.6x at s = 0.5.
+over a bandwidth-bound dense int8 kernel (`formats.dense_int8`, or `aten._weight_int8pack_mm` where that is
+faster; benchmarks/bench_int8.py times both) is 1 / ((1 - s) + 1/8), 1.6x at s = 0.5.
 
 Layout (all buffers, so `.to()` and `state_dict` carry them):
   values       (nnz,) int8                 the non-zero codes, row after row

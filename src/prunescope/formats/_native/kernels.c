@@ -191,7 +191,8 @@ static void run_unpack(ps_unpack_fn fn, const ps_args *a, int nthreads, int64_t 
 
 /* ------------------------------------------------------------------------- scalar paths -- */
 
-/* Packed value p of a bitmask weight as float: a float weight's value, or (codes) an int8 code. */
+/* Value p of a weight's packed values (bitmask non-zeros, or a whole dense weight) as float: a float
+ * weight's value, or (codes) an int8 code. */
 static inline float bm_val(const ps_args *a, int64_t p, int codes) {
     return codes ? (float)((const int8_t *)a->values)[p] : load_val(a->values, p, a->dtype);
 }
@@ -238,18 +239,21 @@ static void csr_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
     }
 }
 
-static void dense_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
+/* The scalar dense rows, for float values (scales NULL) or int8 codes times their row's scale. */
+static void dense_rows_scalar_scaled(const ps_args *a, int64_t r0, int64_t r1, const float *scales) {
     const int64_t in = a->in, n = a->n, out = a->out;
     for (int64_t r = r0; r < r1; r++) {
-        const float b = a->bias ? a->bias[r] : 0.f;
+        const float s = scales ? scales[r] : 1.f, b = a->bias ? a->bias[r] : 0.f;
         for (int64_t t = 0; t < n; t++) {
             const float *x = a->x + t * in;
             float acc = 0.f;
-            for (int64_t j = 0; j < in; j++) acc += load_val(a->values, r * in + j, a->dtype) * x[j];
-            a->y[t * out + r] = acc + b;
+            for (int64_t j = 0; j < in; j++) acc += bm_val(a, r * in + j, scales != NULL) * x[j];
+            a->y[t * out + r] = acc * s + b;
         }
     }
 }
+
+static void dense_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) { dense_rows_scalar_scaled(a, r0, r1, NULL); }
 
 /* Rows r0..r1 of a bitmask weight as dense float32 rows (dst: (r1 - r0) x in), zeros included; int8 codes
  * (scales not NULL) times their row's scale. */
@@ -1084,7 +1088,20 @@ int ps_bitmask_unpack(int isa, int nthreads, const ps_args *a, int64_t r0, int64
  * into their lanes (AVX-512 with VBMI2: vpexpandb straight from memory, 64 lanes per 4 mask words; other
  * AVX-512 and AVX2: one vpshufb with a rank table per mask byte), widened int8 -> int32 -> float32 and
  * FMA'd with the float32 input; each row sum is multiplied by its scale once, at the end.  Many tokens: the
- * caller decompresses panels of rows (ps_bitmask_int8_unpack, code * scale) and runs a GEMM on them. */
+ * caller decompresses panels of rows (ps_bitmask_int8_unpack, code * scale) and runs a GEMM on them.
+ *
+ * Dense int8, one token (ps_dense_int8_matmul): the baseline of that byte bound.  It shares the widen +
+ * FMA steps (i8_fma16_512, i8_fma16_256), the accumulator layout, the prefetch and the threading with the
+ * bitmask rows, with plain loads in place of the expands, so the two differ by the format alone. */
+
+/* Rows r0..r1 of a dense int8 weight, one token: y[r] = ROW1(row r's codes, x, in) * scale[r] + bias[r]. */
+#define PS_I8_DENSE_ROWS(NAME, TGT, ROW1)                                                                     \
+    TGT static void NAME(const ps_args *a, int64_t r0, int64_t r1) {                                          \
+        const float *scales = ((const ps_i8_args *)a)->scales;                                                \
+        const int8_t *w = (const int8_t *)a->values;                                                          \
+        for (int64_t r = r0; r < r1; r++)                                                                     \
+            a->y[r] = ROW1(w + r * a->in, a->x, a->in) * scales[r] + (a->bias ? a->bias[r] : 0.f);            \
+    }
 
 /* ------------------------------------------------------------------------- int8: scalar -- */
 
@@ -1095,6 +1112,10 @@ static void i8_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
 
 static void i8_unpack_scalar(const ps_args *a, int64_t r0, int64_t r1, float *dst) {
     unpack_rows_scalar_scaled(a, r0, r1, dst, ((const ps_i8_args *)a)->scales);
+}
+
+static void dense_i8_rows_scalar(const ps_args *a, int64_t r0, int64_t r1) {
+    dense_rows_scalar_scaled(a, r0, r1, ((const ps_i8_args *)a)->scales);
 }
 
 #ifdef PS_X86
@@ -1125,6 +1146,15 @@ TGT2 PS_INLINE __m128i i8_shuffle16(__m128i raw, unsigned k) {
 
 TGT512 PS_INLINE __m512 i8_ps512(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)); }
 
+/* The one-token multiply of every int8 kernel: 16 codes widened to float32, times 16 inputs, accumulated. */
+TGT512 PS_INLINE __m512 i8_fma16_512(__m128i codes, __m512 xv, __m512 acc) {
+    return _mm512_fmadd_ps(i8_ps512(codes), xv, acc);
+}
+
+TGT512 PS_INLINE float i8_sum4_512(const __m512 acc[4]) {
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
 /* 16 codes (c of them at v) in the lanes of k: VBMI2 expand-load, or a masked load (never past the c codes)
  * and the vpshufb expand. */
 TGT512VB PS_INLINE __m128i i8_exp16_vb(const int8_t *v, unsigned k, int c) {
@@ -1140,7 +1170,7 @@ TGT512 PS_INLINE __m128i i8_exp16_sh(const int8_t *v, unsigned k, int c) {
  * in_features are zero and mask the input load) one at a time. */
 TGT512VB PS_INLINE float i8_row1_512vb(const int8_t *v, int64_t p, const uint16_t *m, int64_t W, int64_t in,
                                        const float *x, int pf_lines) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     const int64_t W4 = in / 64 * 4;
     int64_t w = 0;
     for (; w < W4; w += 4) {
@@ -1150,24 +1180,24 @@ TGT512VB PS_INLINE float i8_row1_512vb(const int8_t *v, int64_t p, const uint16_
         const __m512i b = _mm512_maskz_expandloadu_epi8((__mmask64)mm, v + p);
         p += (int64_t)_mm_popcnt_u64(mm);
         const float *xc = x + 16 * w;
-        a0 = _mm512_fmadd_ps(i8_ps512(_mm512_castsi512_si128(b)), _mm512_loadu_ps(xc), a0);
-        a1 = _mm512_fmadd_ps(i8_ps512(_mm512_extracti32x4_epi32(b, 1)), _mm512_loadu_ps(xc + 16), a1);
-        a2 = _mm512_fmadd_ps(i8_ps512(_mm512_extracti32x4_epi32(b, 2)), _mm512_loadu_ps(xc + 32), a2);
-        a3 = _mm512_fmadd_ps(i8_ps512(_mm512_extracti32x4_epi32(b, 3)), _mm512_loadu_ps(xc + 48), a3);
+        acc[0] = i8_fma16_512(_mm512_castsi512_si128(b), _mm512_loadu_ps(xc), acc[0]);
+        acc[1] = i8_fma16_512(_mm512_extracti32x4_epi32(b, 1), _mm512_loadu_ps(xc + 16), acc[1]);
+        acc[2] = i8_fma16_512(_mm512_extracti32x4_epi32(b, 2), _mm512_loadu_ps(xc + 32), acc[2]);
+        acc[3] = i8_fma16_512(_mm512_extracti32x4_epi32(b, 3), _mm512_loadu_ps(xc + 48), acc[3]);
     }
     for (; w < W; w++) {
         const unsigned k = m[w];
         const __m128i b = _mm_maskz_expandloadu_epi8((__mmask16)k, v + p);
         p += popcount16(k);
-        a0 = _mm512_fmadd_ps(i8_ps512(b), _mm512_maskz_loadu_ps((__mmask16)k, x + 16 * w), a0);
+        acc[0] = i8_fma16_512(b, _mm512_maskz_loadu_ps((__mmask16)k, x + 16 * w), acc[0]);
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    return i8_sum4_512(acc);
 }
 
 /* One row, one token, without VBMI2: 4 words per step, prefix-popcount pointers (independent expands). */
 TGT512 PS_INLINE float i8_row1_512sh(const int8_t *v, int64_t p, const uint16_t *m, int64_t W, int64_t in,
                                      const float *x, int pf_lines) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     const int64_t W4 = in / 64 * 4;
     int64_t w = 0;
     for (; w < W4; w += 4) {
@@ -1179,24 +1209,23 @@ TGT512 PS_INLINE float i8_row1_512sh(const int8_t *v, int64_t p, const uint16_t 
         const int64_t p4 = p + _mm_popcnt_u64(mm);
         prefetch_l2(v + p + PS_PF_DIST, pf_lines);
         const float *xc = x + 16 * w;
-        a0 = _mm512_fmadd_ps(i8_ps512(i8_exp16_sh(v + p, (unsigned)mm & 0xffffu, (int)(p1 - p))),
-                             _mm512_loadu_ps(xc), a0);
-        a1 = _mm512_fmadd_ps(i8_ps512(i8_exp16_sh(v + p1, (unsigned)(mm >> 16) & 0xffffu, (int)(p2 - p1))),
-                             _mm512_loadu_ps(xc + 16), a1);
-        a2 = _mm512_fmadd_ps(i8_ps512(i8_exp16_sh(v + p2, (unsigned)(mm >> 32) & 0xffffu, (int)(p3 - p2))),
-                             _mm512_loadu_ps(xc + 32), a2);
-        a3 = _mm512_fmadd_ps(i8_ps512(i8_exp16_sh(v + p3, (unsigned)(mm >> 48), (int)(p4 - p3))),
-                             _mm512_loadu_ps(xc + 48), a3);
+        acc[0] = i8_fma16_512(i8_exp16_sh(v + p, (unsigned)mm & 0xffffu, (int)(p1 - p)), _mm512_loadu_ps(xc),
+                              acc[0]);
+        acc[1] = i8_fma16_512(i8_exp16_sh(v + p1, (unsigned)(mm >> 16) & 0xffffu, (int)(p2 - p1)),
+                              _mm512_loadu_ps(xc + 16), acc[1]);
+        acc[2] = i8_fma16_512(i8_exp16_sh(v + p2, (unsigned)(mm >> 32) & 0xffffu, (int)(p3 - p2)),
+                              _mm512_loadu_ps(xc + 32), acc[2]);
+        acc[3] = i8_fma16_512(i8_exp16_sh(v + p3, (unsigned)(mm >> 48), (int)(p4 - p3)), _mm512_loadu_ps(xc + 48),
+                              acc[3]);
         p = p4;
     }
     for (; w < W; w++) {
         const unsigned k = m[w];
         const int c = popcount16(k);
-        a0 = _mm512_fmadd_ps(i8_ps512(i8_exp16_sh(v + p, k, c)), _mm512_maskz_loadu_ps((__mmask16)k, x + 16 * w),
-                             a0);
+        acc[0] = i8_fma16_512(i8_exp16_sh(v + p, k, c), _mm512_maskz_loadu_ps((__mmask16)k, x + 16 * w), acc[0]);
         p += c;
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    return i8_sum4_512(acc);
 }
 
 /* The multi-token rows and the panel unpack, once per expand (VBMI2 or vpshufb) so that the vpshufb path
@@ -1261,6 +1290,29 @@ TGT512 PS_INLINE float i8_row1_512sh(const int8_t *v, int64_t p, const uint16_t 
 PS_I8_512(vb, TGT512VB)
 PS_I8_512(sh, TGT512)
 
+/* Dense int8, one row, one token: i8_row1_512vb's step (64 codes into 4 accumulators, one prefetched line)
+ * on plain loads in place of the expand.  16-byte loads, not one 64-byte load and three extracts: the widen
+ * then reads memory directly and leaves the shuffle port to the widen and FMA work.  The tail's masked loads
+ * read no code and no input past in. */
+TGT512 PS_INLINE float dense_i8_row1_512(const int8_t *w, const float *x, int64_t in) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t j = 0;
+    for (; j + 64 <= in; j += 64) {
+        prefetch_l2(w + j + PS_PF_DIST, 1);
+        for (int u = 0; u < 4; u++)
+            acc[u] = i8_fma16_512(_mm_loadu_si128((const __m128i *)(w + j + 16 * u)), _mm512_loadu_ps(x + j + 16 * u),
+                                  acc[u]);
+    }
+    for (; j < in; j += 16) {
+        const int64_t rem = in - j;
+        const __mmask16 km = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
+        acc[0] = i8_fma16_512(_mm_maskz_loadu_epi8(km, w + j), _mm512_maskz_loadu_ps(km, x + j), acc[0]);
+    }
+    return i8_sum4_512(acc);
+}
+
+PS_I8_DENSE_ROWS(dense_i8_rows_512, TGT512, dense_i8_row1_512)
+
 /* --------------------------------------------------------------------------- int8: AVX2 -- */
 
 /* 16 codes (c of them at v) in the lanes of k; `inside`: 16 bytes from v are readable (else copied). */
@@ -1288,6 +1340,18 @@ TGT2 PS_INLINE float i8_hsum256(__m256 s8) {
     return _mm_cvtss_f32(q4);
 }
 
+/* i8_fma16_512 on AVX2: 16 codes widened to float32, times x[0..15], into two 8-lane accumulators. */
+TGT2 PS_INLINE void i8_fma16_256(__m128i codes, const float *x, __m256 *lo, __m256 *hi) {
+    *lo = _mm256_fmadd_ps(i8_lo_ps256(codes), _mm256_loadu_ps(x), *lo);
+    *hi = _mm256_fmadd_ps(i8_hi_ps256(codes), _mm256_loadu_ps(x + 8), *hi);
+}
+
+/* The sum of the one-token rows' 8 accumulators (4 steps x 2 halves). */
+TGT2 PS_INLINE float i8_sum8_256(const __m256 lo[4], const __m256 hi[4]) {
+    return i8_hsum256(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(lo[0], hi[0]), _mm256_add_ps(lo[1], hi[1])),
+                                    _mm256_add_ps(_mm256_add_ps(lo[2], hi[2]), _mm256_add_ps(lo[3], hi[3]))));
+}
+
 /* One row, one token: 4 words per step with prefix-popcount pointers, 8 accumulators (two 8-lane FMAs per
  * word), the code-stream prefetch; the partial last word in scalar code (no input read past in_features). */
 TGT2 PS_INLINE float i8_row1_256(const int8_t *v, int64_t p, int64_t nnz, const uint16_t *m, int64_t in,
@@ -1305,23 +1369,17 @@ TGT2 PS_INLINE float i8_row1_256(const int8_t *v, int64_t p, int64_t nnz, const 
         for (int u = 0; u < 4; u++) {
             const unsigned k = (unsigned)(mm >> (16 * u)) & 0xffffu;
             const int64_t pu = p + _mm_popcnt_u64(mm & ((1ULL << (16 * u)) - 1ULL));
-            const __m128i b = i8_exp16_256(v + pu, k, 16, 1);
-            lo[u] = _mm256_fmadd_ps(i8_lo_ps256(b), _mm256_loadu_ps(xc + 16 * u), lo[u]);
-            hi[u] = _mm256_fmadd_ps(i8_hi_ps256(b), _mm256_loadu_ps(xc + 16 * u + 8), hi[u]);
+            i8_fma16_256(i8_exp16_256(v + pu, k, 16, 1), xc + 16 * u, &lo[u], &hi[u]);
         }
         p += _mm_popcnt_u64(mm);
     }
     for (; w < Wfull; w++) {
         const unsigned k = m[w];
         const int c = popcount16(k);
-        const __m128i b = i8_exp16_256(v + p, k, c, p + 16 <= nnz);
-        lo[0] = _mm256_fmadd_ps(i8_lo_ps256(b), _mm256_loadu_ps(x + 16 * w), lo[0]);
-        hi[0] = _mm256_fmadd_ps(i8_hi_ps256(b), _mm256_loadu_ps(x + 16 * w + 8), hi[0]);
+        i8_fma16_256(i8_exp16_256(v + p, k, c, p + 16 <= nnz), x + 16 * w, &lo[0], &hi[0]);
         p += c;
     }
-    const __m256 s8 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(lo[0], hi[0]), _mm256_add_ps(lo[1], hi[1])),
-                                    _mm256_add_ps(_mm256_add_ps(lo[2], hi[2]), _mm256_add_ps(lo[3], hi[3])));
-    float res = i8_hsum256(s8);
+    float res = i8_sum8_256(lo, hi);
     if (in % 16)
         for (unsigned k = m[Wfull]; k; k &= k - 1) res += (float)v[p++] * x[16 * Wfull + ctz16(k)];
     return res;
@@ -1395,6 +1453,25 @@ TGT2 static void i8_unpack_256(const ps_args *a, int64_t r0, int64_t r1, float *
         }
     }
 }
+
+/* Dense int8, one row, one token: i8_row1_256 with plain 16-byte loads in place of the expands (64 codes,
+ * 8 accumulators and one prefetched line per step); the last in % 16 codes in scalar code. */
+TGT2 PS_INLINE float dense_i8_row1_256(const int8_t *w, const float *x, int64_t in) {
+    __m256 lo[4], hi[4];
+    for (int u = 0; u < 4; u++) lo[u] = hi[u] = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 64 <= in; j += 64) {
+        prefetch_l2(w + j + PS_PF_DIST, 1);
+        for (int u = 0; u < 4; u++)
+            i8_fma16_256(_mm_loadu_si128((const __m128i *)(w + j + 16 * u)), x + j + 16 * u, &lo[u], &hi[u]);
+    }
+    for (; j + 16 <= in; j += 16) i8_fma16_256(_mm_loadu_si128((const __m128i *)(w + j)), x + j, &lo[0], &hi[0]);
+    float res = i8_sum8_256(lo, hi);
+    for (; j < in; j++) res += (float)w[j] * x[j];
+    return res;
+}
+
+PS_I8_DENSE_ROWS(dense_i8_rows_256, TGT2, dense_i8_row1_256)
 #endif /* PS_X86 */
 
 /* ------------------------------------------------------------------------- int8: dispatch -- */
@@ -1412,11 +1489,12 @@ int ps_i8_has_vbmi2(void) {
 #endif
 }
 
-static int i8_check(int isa, const ps_i8_args *q) {
+/* `bitmask`: the weight is a bitmask over codes (mask and row offsets needed), else dense codes. */
+static int i8_check(int isa, const ps_i8_args *q, int bitmask) {
     const ps_args *a = &q->a;
     if (isa < PS_SCALAR || isa > PS_AVX512 || isa > ps_cpu_level()) return -1;
     if (a->n < 0 || a->in < 0 || a->out < 0 || a->nnz < 0 || q->variant < 0 || q->variant > 1) return -2;
-    if (a->out > 0 && (!a->mask || !a->rowoff || !q->scales)) return -2;
+    if (a->out > 0 && (!q->scales || (bitmask && (!a->mask || !a->rowoff)))) return -2;
     return 0;
 }
 
@@ -1432,7 +1510,7 @@ static ps_rows_fn i8_rows_fn(int isa, const ps_i8_args *q) {
 }
 
 int ps_bitmask_int8_matmul(int isa, int nthreads, const ps_i8_args *q) {
-    const int rc = i8_check(isa, q);
+    const int rc = i8_check(isa, q, 1);
     if (rc) return rc;
     if (q->a.n == 0 || q->a.out == 0) return 0;
     if (!q->a.x || !q->a.y) return -2;
@@ -1441,7 +1519,7 @@ int ps_bitmask_int8_matmul(int isa, int nthreads, const ps_i8_args *q) {
 }
 
 int ps_bitmask_int8_unpack(int isa, int nthreads, const ps_i8_args *q, int64_t r0, int64_t r1, float *dst) {
-    const int rc = i8_check(isa, q);
+    const int rc = i8_check(isa, q, 1);
     if (rc) return rc;
     if (r0 < 0 || r1 > q->a.out || r0 > r1 || (r1 > r0 && !dst)) return -2;
     ps_unpack_fn fn = i8_unpack_scalar;
@@ -1450,5 +1528,22 @@ int ps_bitmask_int8_unpack(int isa, int nthreads, const ps_i8_args *q, int64_t r
     if (isa == PS_AVX2) fn = i8_unpack_256;
 #endif
     run_unpack(fn, &q->a, nthreads, r0, r1, dst);
+    return 0;
+}
+
+/* One token only: this is the memory-bound baseline of the bitmask-int8 one-token kernel, and at many tokens
+ * a GEMM on dequantized panels is the comparison (ps_bitmask_int8_unpack). */
+int ps_dense_int8_matmul(int isa, int nthreads, const ps_i8_args *q) {
+    const int rc = i8_check(isa, q, 0);
+    if (rc) return rc;
+    if (q->a.n != 1 || q->a.nnz != q->a.out * q->a.in) return -2;
+    if (q->a.out == 0) return 0;
+    if (!q->a.y || (q->a.in > 0 && (!q->a.x || !q->a.values))) return -2; /* in == 0: empty, maybe NULL */
+    ps_rows_fn fn = dense_i8_rows_scalar;
+#ifdef PS_X86
+    if (isa == PS_AVX512) fn = dense_i8_rows_512;
+    if (isa == PS_AVX2) fn = dense_i8_rows_256;
+#endif
+    run_rows(fn, &q->a, nthreads, 1);
     return 0;
 }

@@ -61,5 +61,8 @@ int ps_i8_has_vbmi2(void);
 int ps_bitmask_int8_matmul(int isa, int nthreads, const ps_i8_args *q);
 /* Rows r0..r1 dequantized (code * scale) into dst ((r1 - r0) x in float32, zeros included). */
 int ps_bitmask_int8_unpack(int isa, int nthreads, const ps_i8_args *q, int64_t r0, int64_t r1, float *dst);
+/* Dense int8, one token (the bitmask-int8 kernel's baseline): a.values holds the out x in codes row-major
+ * (a.nnz = out * in), a.n must be 1; y[r] = scales[r] * sum_c code[r][c] * x[c] + bias[r]. */
+int ps_dense_int8_matmul(int isa, int nthreads, const ps_i8_args *q);
 
 #endif

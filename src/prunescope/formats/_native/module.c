@@ -133,6 +133,18 @@ static PyObject *py_i8_unpack(PyObject *self, PyObject *args) {
     PS_RUN(ps_bitmask_int8_unpack(isa, nt, &q, r0, r1, (float *)(uintptr_t)d));
 }
 
+/* dense_int8_matmul(isa, nthreads, in, out, x, codes, scales, bias, y): one token */
+static PyObject *py_i8_dense(PyObject *self, PyObject *args) {
+    int isa, nt;
+    long long in, out;
+    addr_t x, w, sc, b, y;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iiLLKKKKK", &isa, &nt, &in, &out, &x, &w, &sc, &b, &y)) return NULL;
+    const ps_i8_args q = {addr_args(1, in, out, x, 0, w, out * in, 0, 0, 0, b, y, PS_F32, 0),
+                          (const float *)(uintptr_t)sc, 0};
+    PS_RUN(ps_dense_int8_matmul(isa, nt, &q));
+}
+
 static PyObject *py_i8_has_vbmi2(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -150,6 +162,7 @@ static PyMethodDef methods[] = {
     {"bitmask_int8_matmul", py_i8_matmul, METH_VARARGS, "y = x @ (scale * codes)^T + b, bitmask over int8."},
     {"bitmask_int8_unpack", py_i8_unpack, METH_VARARGS, "rows r0..r1 of a bitmask-int8 weight, dequantized."},
     {"bitmask_int8_has_vbmi2", py_i8_has_vbmi2, METH_NOARGS, "Whether the AVX-512 int8 path uses VBMI2."},
+    {"dense_int8_matmul", py_i8_dense, METH_VARARGS, "y = scale * (codes @ x) + b, dense int8, one token."},
     {NULL, NULL, 0, NULL},
 };
 
