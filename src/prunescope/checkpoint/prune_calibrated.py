@@ -18,7 +18,7 @@ from accelerate.utils import set_module_tensor_to_device
 from torch import nn
 
 from ..layers import linear_weight
-from ..pruning.capture import find_blocks
+from ..pruning.capture import after_blocks, find_blocks
 from ..pruning.driver import BlockStorage, prune_block_by_block
 from ..pruning.record import LayerChange
 from ..pruning.spec import PruneSpec
@@ -45,6 +45,19 @@ def _front_parameters(model: nn.Module, blocks_prefix: str, to_tensor: dict[str,
     ]
 
 
+def _tail_parameters(
+    model: nn.Module, blocks_name: str, to_tensor: dict[str, str], owner: dict[int, str]
+) -> dict[str, str]:
+    """The final norm's and output head's parameters (`capture.after_blocks`) -> their checkpoint tensors.
+    A head tied to the embeddings is loaded as a parameter of its own name (the embeddings stay on meta),
+    read from its owner's tensor: `owner` = {id(parameter): name} taken while every tie was intact."""
+    return {
+        f"{module_name}.{name}": to_tensor.get(f"{module_name}.{name}") or to_tensor[owner[id(param)]]
+        for module_name, module in after_blocks(model, blocks_name).items()
+        for name, param in module.named_parameters()
+    }
+
+
 @torch.no_grad()
 def prune_blocks(
     model: nn.Module,
@@ -61,7 +74,8 @@ def prune_blocks(
     """Prune block by block; `write_block(i, {tensor: pruned (out, in) weight})` runs after block i.
 
     `to_tensor`: parameter name -> checkpoint tensor (tied aliases excluded). Returns pruned counts.
-    With an allocation (OWL) the blocks are read twice: a dense pass for it, then the pruning pass.
+    With an allocation the blocks are read more than once: OWL's dense pass, EvoPress's passes per search
+    stage (with the final norm and head in memory for the search), then the pruning pass.
     `report` receives the allocation and refinement summaries, as in `pruning.prune`.
     """
     device = torch.device(device)
@@ -87,11 +101,27 @@ def prune_blocks(
         blocks[index].to("meta")
         trim_heap()
 
+    owner = {id(param): name for name, param in model.named_parameters()}  # before any load unties
+    tail: dict[str, str] = {}
+
+    def load_tail() -> None:
+        if not tail:  # resolved on first use: only evo needs it, and it refuses unknown architectures
+            tail.update(_tail_parameters(model, blocks_name, to_tensor, owner))
+        for name, tensor in tail.items():
+            _load(model, checkpoint, name, tensor, device)
+
+    def release_tail() -> None:
+        for name in tail:
+            set_module_tensor_to_device(model, name, "meta")
+        trim_heap()
+
     def write(index: int, block_layers: dict[str, nn.Module]) -> None:
         write_block(index, {name: linear_weight(module) for name, module in block_layers.items()})
 
     def drop(name: str, change: LayerChange) -> None:
         trim_heap()  # the weights are written with the block; the undo record is not kept
 
-    storage = BlockStorage(load_front, release_front, load_block, release_block, write)
+    storage = BlockStorage(
+        load_front, release_front, load_block, release_block, write, load_tail, release_tail
+    )
     return prune_block_by_block(model, layers, spec, calibration, drop, storage, progress, report)

@@ -106,6 +106,50 @@ def find_blocks(model: nn.Module, layers: dict[str, nn.Module]) -> tuple[str, nn
     return name, blocks
 
 
+# The final norm's attribute on the module holding the decoder blocks: Llama / Mistral / Qwen, OPT / NeoX,
+# GPT-2 / Falcon / Bloom, Phi, Mamba-style names.
+FINAL_NORMS = ("norm", "final_layer_norm", "ln_f", "final_layernorm", "norm_f")
+
+
+def after_blocks(model: nn.Module, blocks_name: str) -> dict[str, nn.Module]:
+    """What turns the last decoder block's outputs into logits, in order, by module name: the final norm,
+    OPT's `project_out` where it has one, then the output head (`get_output_embeddings()`).
+
+    Any other module with weights outside the blocks that is not an embedding would run somewhere we do
+    not know: refused, rather than a silently different output."""
+    parent_name = blocks_name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name)
+    prefix = f"{parent_name}." if parent_name else ""
+    found = {
+        prefix + attr: module
+        for attr in (*FINAL_NORMS, "project_out")
+        if isinstance(module := getattr(parent, attr, None), nn.Module)
+    }
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    norms = [name for name in found if name.rpartition(".")[2] in FINAL_NORMS]
+    if head is None or len(norms) != 1:
+        raise PrunescopeError(
+            f"{type(model).__name__}: no output head or no single final norm ({', '.join(FINAL_NORMS)}) "
+            f"beside {blocks_name}; the model's last steps are unknown"
+        )
+    names = {id(module): name for name, module in model.named_modules()}
+    found[names[id(head)]] = head
+    known = {id(module) for module in found.values()}
+    for name, module in model.named_modules():
+        if name == blocks_name or name.startswith(f"{blocks_name}.") or id(module) in known:
+            continue
+        leaf = name.rpartition(".")[2]
+        embedding = (
+            isinstance(module, nn.Embedding) or "embed" in leaf or leaf in ("wte", "wpe", "project_in")
+        )
+        if not embedding and any(True for _ in module.parameters(recurse=False)):
+            raise PrunescopeError(
+                f"{type(model).__name__}: {name} has weights outside the decoder blocks and is neither an "
+                "embedding nor the final norm / output head; where it runs is unknown"
+            )
+    return found
+
+
 def layers_by_block(layers: dict[str, nn.Module], blocks_name: str, count: int) -> list[dict[str, nn.Module]]:
     """The pruned projections of each of the `count` blocks of `blocks_name`, by module name."""
     prefix = f"{blocks_name}." if blocks_name else ""

@@ -36,13 +36,17 @@ from .spec import PruneSpec
 class BlockStorage:
     """Where the weights live. In memory every callback is None. From disk: bring the modules in front of
     the blocks in around the capture (`before_capture` / `after_capture`), block i in before its turn
-    (`load(i)`) and out after it (`release(i)`), and `write(i, {name: pruned module})` its projections."""
+    (`load(i)`) and out after it (`release(i)`), and `write(i, {name: pruned module})` its projections.
+    An allocation that needs the logits (evo) brings the final norm and output head in with `load_tail()`
+    and out with `release_tail()`."""
 
     before_capture: Callable[[], None] | None = None
     after_capture: Callable[[], None] | None = None
     load: Callable[[int], None] | None = None
     release: Callable[[int], None] | None = None
     write: Callable[[int, dict[str, nn.Module]], None] | None = None
+    load_tail: Callable[[], None] | None = None
+    release_tail: Callable[[], None] | None = None
 
 
 class _Adders:
@@ -170,6 +174,7 @@ def prune_block_by_block(
     context = AllocationContext(
         model, spec, blocks_name, blocks, per_block, inputs, storage.load, storage.release, progress, report
     )
+    context.load_tail, context.release_tail = storage.load_tail, storage.release_tail
     context.samples = list(calibration)  # token ids, for allocations that run the whole model (evo)
     allocation = allocate(context) if allocate is not None else None
     block_sparsity = allocation.blocks if allocation is not None else {}

@@ -9,6 +9,7 @@ block index and / or per module name. Its record for run.json goes to `report["a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,9 @@ class AllocationContext:
     progress: bool = True
     report: dict | None = None
     samples: list[torch.Tensor] | None = None  # the calibration token ids (1, seqlen), for whole-model passes
+    # From disk: bring the final norm and output head in (`capture.after_blocks`) / out again, or None.
+    load_tail: Callable[[], None] | None = None
+    release_tail: Callable[[], None] | None = None
 
     @property
     def last(self) -> int:
@@ -59,6 +63,17 @@ class AllocationContext:
     def record(self, entry: dict) -> None:
         if self.report is not None:
             self.report["allocation"] = entry
+
+    @contextmanager
+    def loaded(self, index: int) -> Iterator[nn.Module]:
+        """Block `index`, its weights brought in (from disk) while the caller uses it and released after."""
+        if self.load is not None:
+            self.load(index)
+        try:
+            yield self.blocks[index]
+        finally:
+            if self.release is not None:
+                self.release(index)
 
     @torch.no_grad()
     def dense_statistics(

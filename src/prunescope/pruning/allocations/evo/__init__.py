@@ -10,17 +10,33 @@ The winner's per-matrix sparsities are the allocation; the driver's pass then pr
 sparsity as usual (calibrated methods on the pruned model's activations, so the final masks can differ a
 little from the database's, which were made on dense inputs).
 
-In memory only: from a checkpoint on disk, search on a model that fits (or a smaller calibration set) and
-apply the written allocation.json with `--allocation PATH.json`. Scale to a 7B model: database on disk
-(see `database.py`: ~14 GB of masks for masking methods, + ~70 GB for SparseGPT's kept weights, fp16, 70 %),
-RAM = the model + its pruned weights' dense copy + the dense hidden states (calibration tokens x hidden x
-the dtype: 2^19 tokens x 4096 x 2 B = 4 GB); time ~ generations x (offspring x stage-1 tokens + ... ) forward
-tokens: the paper's 400 x (64 x 2048 + 8 x 16384 + 3 x 65536) ~ 1.8e8 tokens, GPU hours, not CPU.
+From disk (`prunescope prune`, `checkpoint.prune_calibrated`) the same search runs with one decoder block
+in memory: the database is built block by block, and `streamed.py` scores a whole selection stage in one
+pass over the blocks (each candidate's hidden states run through each block with its levels put in), so
+with G generations and S stages the checkpoint's blocks are read G * S + 5 times (database, dense side,
+uniform, winner, pruning pass), whatever the offspring; the levels are those of the search in memory
+on the float32 model (tests/pruning/test_evo.py).
+How it scales, Llama-2-7B fp16 (13.5 GB; P = 6.5e9 pruned weights, hidden 4096, vocab 32000, float32 from
+disk), 70 %, L = 8 levels a side (2L + 1 = 17), calibration 128 x 256 tokens:
+- disk: the database beyond --evo-memory-gb, in a temporary folder (TMPDIR): masks (2L + 1) * P / 8 =
+  14 GB, + for SparseGPT kept weights (2L + 1) * (1 - s) * P * 4 B = 132 GB (float32 from disk).
+- RAM: one block (0.8 GB float32) + its pruned matrices' original copy (0.8 GB) + final norm and head
+  (vocab x hidden x 4 B = 0.5 GB) + block 0's inputs and the dense final hidden states (calibration tokens
+  x hidden x 4 B, 0.5 GB each) + a stage's per-candidate hidden states (candidates x stage tokens x hidden
+  x 4 B: default max(16 x 512, 3 x 4096) x 16 KB = 0.2 GB; paper max(64 x 2048, 8 x 16384, 3 x 65536) x
+  16 KB = 3.2 GB, with >= 65536 calibration tokens) + the database's in-memory part (--evo-memory-gb).
+- time: I/O (G * S + 5) block reads of ~13 GB: default (40 generations x 2 stages) 85 reads = 1.1 TB, ~9
+  min at 2 GB/s; paper (400 x 3) 1205 reads = 16 TB, ~2.2 h. Compute: forward tokens G * sum over stages
+  of candidates x tokens (+ the dense side and two reference passes): default 40 x (16 x 512 + 3 x 4096)
+  = 8.2e5, paper 400 x (64 x 2048 + 8 x 16384 + 3 x 65536) = 1.8e8, at ~13 GFLOP a token: 1.1e16 and
+  2.4e18 FLOP, hours of CPU for the default, GPU hours for the paper's.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -39,8 +55,9 @@ from .database import (
     level_spec,
     prune_level,
 )
-from .fitness import DenseKL
+from .fitness import InMemoryKL
 from .search import evolve, sequences_for
+from .streamed import StreamedKL
 
 PAPER = "paper: 400 generations, 64 offspring, stages 2048,16384,65536 tokens with 8,2,1 survivors, 8 levels"
 
@@ -89,38 +106,6 @@ class EvoOptions:
             raise PrunescopeError("--evo-survivors needs one count per --evo-stage-tokens stage, the last 1")
 
 
-class Assembler:
-    """Puts a genome's level weights into the model (only the matrices whose level changed)."""
-
-    def __init__(
-        self, layers: dict[str, torch.nn.Module], grid: dict[str, MatrixLevels], database: LevelDatabase
-    ):
-        self.layers, self.grid, self.database = layers, grid, database
-        self.names = list(layers)
-        self.original = {name: linear_weight(m).detach().clone() for name, m in layers.items()}
-        self.current: dict[str, int | None] = dict.fromkeys(self.names)  # None = dense
-
-    @torch.no_grad()
-    def apply(self, genome) -> None:
-        for name, level in zip(self.names, genome, strict=True):
-            if self.current[name] == level:
-                continue
-            weight = linear_weight(self.layers[name])
-            mask, kept = self.database.get(name, level, weight.shape)
-            if kept is None:
-                weight.copy_(self.original[name].masked_fill(mask, 0))
-            else:
-                weight.zero_()
-                weight[~mask] = kept.to(weight.dtype)
-            self.current[name] = level
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for name in self.names:
-            linear_weight(self.layers[name]).copy_(self.original[name])
-            self.current[name] = None
-
-
 def build_database(
     context: AllocationContext, grid: dict[str, MatrixLevels], bound_bytes: int
 ) -> LevelDatabase:
@@ -147,19 +132,37 @@ def build_database(
         for _, block_layers, stats in context.dense_statistics(method.stats, "EvoPress level database"):
             block_levels(block_layers, stats)
     else:
-        for block_layers in track(context.per_block, "EvoPress level database", enabled=context.progress):
-            block_levels(block_layers, None)
+        blocks = track(range(len(context.per_block)), "EvoPress level database", enabled=context.progress)
+        for index in blocks:
+            if context.per_block[index]:
+                with context.loaded(index):  # from disk, one block's weights in at a time
+                    block_levels(context.per_block[index], None)
     return database
+
+
+@contextmanager
+def _kl_to_dense(
+    context: AllocationContext,
+    layers: dict[str, torch.nn.Module],
+    grid: dict[str, MatrixLevels],
+    database: LevelDatabase,
+) -> Iterator[InMemoryKL | StreamedKL]:
+    """The search's fitness, closed after (the model's weights back / the head released): in memory,
+    candidate after candidate on the model; from disk, one pass over the blocks per stage."""
+    kl = (
+        InMemoryKL(context.model, context.samples, layers, grid, database)
+        if context.load is None
+        else StreamedKL(context, grid, database)
+    )
+    try:
+        yield kl
+    finally:
+        kl.close()
 
 
 def allocate_evo(context: AllocationContext) -> Allocation:
     spec = context.spec
     options: EvoOptions = spec.allocation_options
-    if context.load is not None:
-        raise PrunescopeError(
-            "--allocation evo searches on a model in memory; run it on a model that fits (study / prune in "
-            "memory) and apply its allocation.json to the checkpoint with --allocation PATH.json"
-        )
     if not context.samples:
         raise PrunescopeError("--allocation evo needs calibration samples")
     layers = {name: module for block in context.per_block for name, module in block.items()}
@@ -169,47 +172,42 @@ def allocate_evo(context: AllocationContext) -> Allocation:
     start = time.perf_counter()
     database = build_database(context, grid, int(options.memory_gb * (1 << 30)))
     database_seconds = time.perf_counter() - start
-    assembler = Assembler(layers, grid, database)
     try:
-        kl = DenseKL(context.model, context.samples)
-        seqlen = max(s.shape[-1] for s in context.samples)
-        available = len(context.samples)
-        tokens = _int_list(options.stage_tokens, "stage-tokens")
-        survivors = _int_list(options.survivors, "survivors")
-        counts = [min(available, sequences_for(t, seqlen)) for t in tokens]
+        with _kl_to_dense(context, layers, grid, database) as kl:
+            seqlen = max(s.shape[-1] for s in context.samples)
+            available = len(context.samples)
+            tokens = _int_list(options.stage_tokens, "stage-tokens")
+            survivors = _int_list(options.survivors, "survivors")
+            counts = [min(available, sequences_for(t, seqlen)) for t in tokens]
 
-        def fitness(genome, ids) -> float:
-            assembler.apply(genome)
-            return kl(ids)
+            names = list(layers)
+            uniform = tuple(0 for _ in names)
+            reference = list(range(counts[-1]))  # a fixed sample to compare uniform and the winner on
+            kl_uniform = kl.many([uniform], reference)[0]
+            bar = track(range(options.generations), "EvoPress search", enabled=context.progress)
+            iterator = iter(bar)
 
-        names = list(layers)
-        uniform = tuple(0 for _ in names)
-        reference = list(range(counts[-1]))  # a fixed sample to compare uniform and the winner on
-        kl_uniform = fitness(uniform, reference)
-        bar = track(range(options.generations), "EvoPress search", enabled=context.progress)
-        iterator = iter(bar)
+            def step(generation: int, value: float) -> None:
+                next(iterator, None)
 
-        def step(generation: int, value: float) -> None:
-            next(iterator, None)
-
-        result = evolve(
-            [grid[n].low for n in names],
-            [grid[n].high for n in names],
-            fitness,
-            available,
-            options.generations,
-            options.offspring,
-            survivors,
-            counts,
-            options.seed,
-            on_generation=step,
-        )
-        for _ in iterator:  # close the progress bar
-            pass
-        kl_final = fitness(result.best, reference)
-        seconds = time.perf_counter() - start
+            result = evolve(
+                [grid[n].low for n in names],
+                [grid[n].high for n in names],
+                kl.many,
+                available,
+                options.generations,
+                options.offspring,
+                survivors,
+                counts,
+                options.seed,
+                on_generation=step,
+            )
+            for _ in iterator:  # close the progress bar
+                pass
+            kl_final = kl.many([result.best], reference)[0]
+            seconds = time.perf_counter() - start
+            fitness_details = kl.details()
     finally:
-        assembler.restore()
         database_bytes = (database.memory_bytes, database.disk_bytes)
         database.close()
     levels = dict(zip(names, result.best, strict=True))
@@ -253,7 +251,8 @@ def allocate_evo(context: AllocationContext) -> Allocation:
                 "database_seconds": database_seconds,
                 "database_memory_bytes": database_bytes[0],
                 "database_disk_bytes": database_bytes[1],
-                "dense_hidden_bytes": kl.hidden_bytes,
+                "from_disk": context.load is not None,
+                **fitness_details,
                 "seconds": seconds,
             },
         }

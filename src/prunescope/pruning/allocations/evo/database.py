@@ -22,6 +22,7 @@ import dataclasses
 import math
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,44 @@ class LevelDatabase:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
         self._files.clear()
+
+
+class Assembler:
+    """Puts a genome's level weights into `layers` (only the matrices whose level changed); level None =
+    the original weights. `layers` may be the whole model's or one block's (`genome` then lists theirs)."""
+
+    def __init__(
+        self, layers: dict[str, nn.Module], grid: dict[str, MatrixLevels], database: LevelDatabase
+    ) -> None:
+        self.layers, self.grid, self.database = layers, grid, database
+        self.names = list(layers)
+        self.original = {name: linear_weight(m).detach().clone() for name, m in layers.items()}
+        self.current: dict[str, int | None] = dict.fromkeys(self.names)  # None = dense
+
+    @torch.no_grad()
+    def apply(self, genome: Sequence[int | None]) -> None:
+        for name, level in zip(self.names, genome, strict=True):
+            if self.current[name] == level:
+                continue
+            weight = linear_weight(self.layers[name])
+            if level is None:
+                weight.copy_(self.original[name])
+                self.current[name] = None
+                continue
+            mask, kept = self.database.get(name, level, weight.shape)
+            mask = mask.to(weight.device)  # the database lives on the CPU, the weights maybe on a GPU
+            if kept is None:
+                weight.copy_(self.original[name].masked_fill(mask, 0))
+            else:
+                weight.zero_()
+                weight[~mask] = kept.to(weight.device, weight.dtype)
+            self.current[name] = level
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for name in self.names:
+            linear_weight(self.layers[name]).copy_(self.original[name])
+            self.current[name] = None
 
 
 @torch.no_grad()

@@ -9,8 +9,10 @@
   random sample of calibration sequences (one sample per stage, shared by its candidates) and keeps the
   best `survivors[i]`; the parent joins in the last stage only, re-scored; the winner is the next parent.
 
-The search is generic over `fitness(genome, sample) -> float` (lower is better) so it can be tested on a
-toy fitness; `evo/__init__.py` gives it the KL to the dense model.
+The search is generic over `fitness(genomes, sample) -> list[float]` (lower is better), one call per
+stage scoring all its candidates on the stage's sample, so it can be tested on a toy fitness and a
+block-streamed fitness reads the model once per stage (`streamed.py`); `one_by_one` makes one of a
+per-genome fitness. `evo/__init__.py` gives it the KL to the dense model.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Genome = tuple[int, ...]
+Fitness = Callable[[Sequence[Genome], object], list[float]]  # (candidates, sample) -> their fitnesses
+
+
+def one_by_one(fitness: Callable[[Genome, object], float]) -> Fitness:
+    """A stage fitness that scores its candidates one after the other with `fitness(genome, sample)`."""
+
+    def many(genomes: Sequence[Genome], sample: object) -> list[float]:
+        return [fitness(genome, sample) for genome in genomes]
+
+    return many
 
 
 def mutate(genome: Sequence[int], low: Sequence[int], high: Sequence[int], rng: random.Random) -> Genome:
@@ -64,7 +76,7 @@ def staged_selection(
     parent: Genome,
     survivors: Sequence[int],
     samples: Sequence[object],
-    fitness: Callable[[Genome, object], float],
+    fitness: Fitness,
 ) -> tuple[Genome, float]:
     """The winner of one generation and its fitness on the last stage's sample (ties: earlier first)."""
     pool = list(offspring)
@@ -72,7 +84,7 @@ def staged_selection(
     for stage, (keep, sample) in enumerate(zip(survivors, samples, strict=True)):
         if stage == len(survivors) - 1:
             pool.append(parent)
-        values = [fitness(genome, sample) for genome in pool]
+        values = fitness(pool, sample)
         order = sorted(range(len(pool)), key=lambda i: values[i])[:keep]
         pool = [pool[i] for i in order]
         scores = [values[i] for i in order]
@@ -90,7 +102,7 @@ class SearchResult:
 def evolve(
     low: Sequence[int],
     high: Sequence[int],
-    fitness: Callable[[Genome, object], float],
+    fitness: Fitness,
     available: int,
     generations: int,
     offspring: int,
@@ -107,10 +119,10 @@ def evolve(
     result = SearchResult(parent)
     calls = 0
 
-    def counted(genome: Genome, sample: object) -> float:
+    def counted(genomes: Sequence[Genome], sample: object) -> list[float]:
         nonlocal calls
-        calls += 1
-        return fitness(genome, sample)
+        calls += len(genomes)
+        return fitness(genomes, sample)
 
     start = time.perf_counter()
     for generation in range(generations):
