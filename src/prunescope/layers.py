@@ -8,6 +8,7 @@ one line here and nothing elsewhere.
 from __future__ import annotations
 
 import fnmatch
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,11 +16,6 @@ import torch
 from torch import nn
 
 from .errors import PrunescopeError
-
-try:  # GPT-2 style models store projections as Conv1D with a transposed (in, out) weight.
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers always has it today
-    Conv1D = ()  # type: ignore[assignment,misc]
 
 GROUPS = ("embedding", "attention_linear", "mlp_linear", "lm_head", "norm", "other")
 
@@ -57,23 +53,36 @@ def architecture_of(model: nn.Module) -> Architecture:
     return ARCHITECTURES.get(model_type, _GENERIC)
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2 style models store projections as transformers' Conv1D, with a transposed (in, out) weight."""
+    # Not imported for the test: a Conv1D exists only once transformers is imported, and importing it
+    # costs seconds to code that never meets one (the command line's option building).
+    if "transformers" not in sys.modules:
+        return False
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers always has it today
+        return False
+    return isinstance(module, Conv1D)
+
+
 def is_linear(module: nn.Module) -> bool:
     """A weight-multiplying projection: nn.Linear, GPT-2's Conv1D, or one of our sparse replacements."""
     from .formats.base import SparseLinear
 
-    return isinstance(module, (nn.Linear, Conv1D, SparseLinear))
+    return isinstance(module, (nn.Linear, SparseLinear)) or is_conv1d(module)
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:
     """The (out, in) weight of a dense projection; a view for Conv1D, so writes go through."""
-    if isinstance(module, Conv1D):
+    if is_conv1d(module):
         return module.weight.T
     return module.weight
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(out_features, in_features) of any projection, dense or sparse."""
-    if isinstance(module, Conv1D):
+    if is_conv1d(module):
         in_features, out_features = module.weight.shape
         return out_features, in_features
     return module.out_features, module.in_features

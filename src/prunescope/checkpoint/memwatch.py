@@ -61,7 +61,9 @@ def main(argv: list[str]) -> int:
     import transformers.generation  # noqa: F401
     import transformers.modeling_utils  # noqa: F401
 
-    from prunescope.cli import app  # imports (torch, transformers) belong to the baseline
+    from prunescope.cli import app, import_everything
+
+    import_everything()  # imports (torch, transformers, pandas) belong to the baseline
 
     before = status()
     start = time.perf_counter()

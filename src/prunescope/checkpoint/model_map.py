@@ -15,7 +15,6 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import PrunescopeError
-from ..layers import Conv1D
 from .safetensors_io import Checkpoint
 
 
@@ -88,7 +87,3 @@ def map_tensors(model: nn.Module, checkpoint: Checkpoint) -> TensorMap:
     claimed = set(result.to_checkpoint.values())
     result.unmapped = [n for n in checkpoint.entries if n not in claimed]
     return result
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    return isinstance(module, Conv1D)

@@ -329,14 +329,29 @@ def write_index(folder: Path, plan: ShardPlan, total_size: int, stem: str = "mod
         (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+# Side files that describe the source model, not a checkpoint derived from it: an earlier prune's records,
+# its model card (a pruned checkpoint gets its own, `model_card.py`) and its measured metrics (the demo's
+# metrics.json; Hugging Face Trainer's results and state).
+NOT_COPIED = frozenset(
+    {
+        "prune.json",
+        "sparse_manifest.json",
+        "README.md",
+        "metrics.json",
+        "all_results.json",
+        "eval_results.json",
+        "train_results.json",
+        "trainer_state.json",
+    }
+)
+
+
 def copy_side_files(source: Path, target: Path) -> list[str]:
-    """Copy config, generation config and tokenizer files: everything but weights and their index."""
+    """Copy config, generation config, tokenizer and data files: everything but weights, their index and
+    the files that describe the source model (NOT_COPIED)."""
     copied = []
     for path in sorted(source.iterdir()):
-        if path.name in (
-            "prune.json",
-            "sparse_manifest.json",
-        ):  # records of an earlier prune, not the model's
+        if path.name in NOT_COPIED:
             continue
         if path.is_file() and not path.name.endswith(
             (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..errors import PrunescopeError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def parse_seeds(value: str | int | list | tuple | None) -> list[int]:
@@ -29,6 +32,8 @@ def parse_seeds(value: str | int | list | tuple | None) -> list[int]:
 def aggregate_seeds(table: pd.DataFrame, keys: list[str], seed_column: str = "seed") -> pd.DataFrame:
     """One row per `keys` group: numeric columns averaged over seeds, plus `<column>_std` (sample standard
     deviation, ddof = 1; 0 for a single seed) for each of them, `seeds` listing them and `n_seeds`."""
+    import pandas as pd  # here, not at the top: parse_seeds builds the command line's options
+
     numeric = [
         c
         for c in table.columns
