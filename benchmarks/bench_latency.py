@@ -80,11 +80,15 @@ def bench_opt(sparsity: float, layer_config: LatencyConfig, model_config: Latenc
     pruned = copy.deepcopy(model)
     prune(pruned, {n: pruned.get_submodule(n) for n in names}, PruneSpec.create("magnitude", sparsity))
     rows = _tag(
-        bench_layers(BenchSubject(model, pruned, names, layer_config)), subject="opt-125m", s=sparsity
+        bench_layers(BenchSubject(model.get_submodule, pruned, names, layer_config)),
+        subject="opt-125m",
+        s=sparsity,
     )
     if model_config.model_level:
         rows += _tag(
-            bench_model(BenchSubject(model, pruned, names, model_config)), subject="opt-125m", s=sparsity
+            bench_model(BenchSubject(model.get_submodule, pruned, names, model_config)),
+            subject="opt-125m",
+            s=sparsity,
         )
     return rows
 

@@ -132,8 +132,13 @@ def layer_table(model: nn.Module, quantized: Mapping[str, QuantOptions] | None =
             )
         row["sparsity"] = 1.0 - row["nonzero"] / row["params"] if row["params"] else 0.0
         row["bits_per_weight"] = 8 * row["weight_bytes"] / row["weights"] if row["weights"] else math.nan
+        if hasattr(module, "auto_choice"):  # a layer the `auto` format timed: what it chose and why
+            from .formats.auto import auto_details
+
+            row.update(auto_details(module))
         rows.append(row)
-    return pd.DataFrame(rows, columns=LAYER_COLUMNS)
+    extra = [key for key in dict.fromkeys(k for row in rows for k in row) if key not in LAYER_COLUMNS]
+    return pd.DataFrame(rows, columns=LAYER_COLUMNS + extra)
 
 
 def tied_to(owners: dict[int, str], param: torch.Tensor, module_name: str, pname: str) -> str:

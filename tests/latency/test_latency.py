@@ -376,7 +376,7 @@ def test_bench_model_rows_prefill_and_decode_per_format(broken_format):
         decode_prompt=4,
         policy=FAST,
     )
-    rows = bench_model(BenchSubject(dense, pruned, names, config, clock=FakeClock(tick=0.001)))
+    rows = bench_model(BenchSubject(dense.get_submodule, pruned, names, config, clock=FakeClock(tick=0.001)))
     assert [(r["kind"], r["batch"], r["seqlen"]) for r in rows[:: len(config.formats)]] == [
         ("prefill", 1, 8),
         ("prefill", 2, 4),
@@ -396,7 +396,7 @@ def test_bench_model_refuses_more_positions_than_the_context():
     dense, pruned, names = _tiny_pair()
     config = LatencyConfig(formats=["dense", "masked"], prefill_grid=[(1, 65)], policy=FAST)
     with pytest.raises(PrunescopeError, match="context"):
-        bench_model(BenchSubject(dense, pruned, names, config, clock=FakeClock(tick=0.001)))
+        bench_model(BenchSubject(dense.get_submodule, pruned, names, config, clock=FakeClock(tick=0.001)))
 
 
 def test_latency_section_from_a_record_and_from_a_spec(tmp_path):

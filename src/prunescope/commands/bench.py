@@ -6,14 +6,24 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-
-import pandas as pd
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from ..errors import PrunescopeError
 from ..experiments.config import option
 from . import options
-from .common import OutOpt, OverwriteOpt, ProgressOpt, at_least, console, err_console, user_errors
+from .common import (
+    OutOpt,
+    OverwriteOpt,
+    ProgressOpt,
+    at_least,
+    console,
+    err_console,
+    print_table,
+    user_errors,
+)
+
+if TYPE_CHECKING:  # pandas costs half a second that `prunescope bench --help` need not pay
+    import pandas as pd
 
 
 def parse_ints(text: str, what: str) -> list[int]:
@@ -47,13 +57,10 @@ def _short_status(status: str) -> str:
     return status.split(":", 1)[0]
 
 
-def _print_table(frame: pd.DataFrame, title: str, columns: list[tuple[str, str, str]]) -> None:
-    """One line per row; the reasons of rows that did not run are listed once below the table."""
-    table = Table(title=title)
-    for key, header, _ in columns:
-        table.add_column(
-            header, justify="left" if key in ("format", "kind", "status") else "right", no_wrap=True
-        )
+def _print_table(frame: pd.DataFrame, title: str, columns: list[tuple[str, str, str]], legend: str) -> None:
+    """One line per row, `legend` (what the short headers mean) under it; the reasons of rows that did not
+    run are listed once below."""
+    rows = []
     for _, row in frame.iterrows():
         ok = row["status"] == "ok"
         cells = []
@@ -62,8 +69,9 @@ def _print_table(frame: pd.DataFrame, title: str, columns: list[tuple[str, str, 
                 cells.append("ok" if ok else f"[yellow]{_short_status(row['status'])}[/]")
             else:
                 cells.append(_cell(row[key], fmt) if ok or key in _KEYS else "-")
-        table.add_row(*cells)
-    console.print(table)
+        rows.append(cells)
+    leading_text = next(i for i, (key, _, _) in enumerate(columns) if key not in _TEXT)
+    print_table(title, [header for _, header, _ in columns], rows, left=leading_text, legend=legend)
     reasons = dict.fromkeys(f"{r.format}: {r.status}" for r in frame.itertuples() if r.status != "ok")
     for reason in reasons:
         console.print(f"  [yellow]{reason}[/]", highlight=False, soft_wrap=True)
@@ -71,36 +79,40 @@ def _print_table(frame: pd.DataFrame, title: str, columns: list[tuple[str, str, 
 
 # Identify a row; shown even when the variant did not run.
 _KEYS = {"shape", "n", "format", "kind", "batch", "seqlen", "flop_theory", "byte_theory"}
-# The measured speedup and what FLOPs and bytes predict, in both tables.
+_TEXT = {"shape", "n", "format", "kind", "batch", "seqlen"}  # the leading ones are left-aligned
+# Short headers keep each table within 80 columns; the legends say what they mean, and the CSV files hold
+# the columns left out (min and max ms, measured over predicted).
 _RATIOS = [
-    ("speedup", "speedup", "{:.2f}x"),
-    ("flop_theory", "FLOP theory", "{:.2f}x"),
-    ("byte_theory", "byte theory", "{:.2f}x"),
+    ("speedup", "speed", "{:.2f}x"),
+    ("flop_theory", "FLOP", "{:.2f}x"),
+    ("byte_theory", "byte", "{:.2f}x"),
 ]
-_MEDIAN = ("median_s", "median ms", "{:.4g}")
+_RATIOS_LEGEND = "FLOP, byte: the speedup the FLOP ratio, the byte (memory traffic) ratio predict"
 _LAYER_TABLE = [
     ("shape", "shape", "{}"),
     ("n", "n", "{}"),
     ("format", "format", "{}"),
-    _MEDIAN,
-    ("min_s", "min ms", "{:.4g}"),
-    ("max_s", "max ms", "{:.4g}"),
+    ("median_s", "ms", "{:.4g}"),
     *_RATIOS,
-    ("measured_over_flop", "meas/FLOP", "{:.2f}"),
-    ("measured_over_bytes", "meas/byte", "{:.2f}"),
     ("status", "status", "{}"),
 ]
+_LAYER_LEGEND = (
+    "n: tokens; ms: median per call (min, max and measured/predicted: layers.csv); speed: measured speedup "
+    f"vs dense F.linear; {_RATIOS_LEGEND}"
+)
 _MODEL_TABLE = [
     ("kind", "kind", "{}"),
     ("batch", "batch", "{}"),
-    ("seqlen", "seq/tokens", "{}"),
+    ("seqlen", "seq", "{}"),
     ("format", "format", "{}"),
-    _MEDIAN,
-    ("tokens_per_s", "tokens/s", "{:,.1f}"),
+    ("tokens_per_s", "tok/s", "{:,.1f}"),
     *_RATIOS,
-    ("measured_over_bytes", "meas/byte", "{:.2f}"),
     ("status", "status", "{}"),
 ]
+_MODEL_LEGEND = (
+    "seq: prefill length or tokens decoded; tok/s: tokens per second (median ms, measured/predicted: "
+    f"model.csv); speed: measured speedup vs the dense model; {_RATIOS_LEGEND}"
+)
 
 
 def print_latency(result) -> None:
@@ -108,14 +120,10 @@ def print_latency(result) -> None:
 
     layers, model = frames(result)
     if not layers.empty:
-        shown = layers.assign(
-            median_s=layers.median_s * 1e3, min_s=layers.min_s * 1e3, max_s=layers.max_s * 1e3
-        )
-        _print_table(shown, "layer latency (speedup vs dense F.linear)", _LAYER_TABLE)
+        shown = layers.assign(median_s=layers.median_s * 1e3)
+        _print_table(shown, "layer latency (speedup vs dense F.linear)", _LAYER_TABLE, _LAYER_LEGEND)
     if not model.empty:
-        _print_table(
-            model.assign(median_s=model.median_s * 1e3), "model latency (speedup vs dense)", _MODEL_TABLE
-        )
+        _print_table(model, "model latency (speedup vs dense)", _MODEL_TABLE, _MODEL_LEGEND)
     console.print(environment_line(result.environment), highlight=False)
 
 
@@ -174,8 +182,7 @@ def _bench_options() -> list:
     chosen = options.study_options(
         groups=("load", "prune", "calib", "run"), skip=("variants", "seeds", "latency", "per_token")
     )
-    sparsity = {"help": "Fraction of prunable weights set to zero (default 0.5 here, or what N:M implies)."}
-    return options.group_options(BenchOptions) + options.override(chosen, sparsity=sparsity)
+    return options.group_options(BenchOptions) + chosen
 
 
 @options.with_options(_bench_options)
@@ -187,13 +194,11 @@ def bench(
     **values,
 ) -> None:
     """Time the sparse forward of every pruned layer shape and of the whole model against dense."""
-    import copy
-
     from ..experiments.config import VALIDATION_SEQLEN, StudyConfig
+    from ..experiments.latency import dense_layers, pruned_in_place
     from ..latency import run_latency
     from ..layers import prunable_layers
     from ..models import load_model
-    from ..pruning import prune
     from ..report.latency import write_latency
     from ..report.output import atomic_directory, check_output
 
@@ -203,8 +208,6 @@ def bench(
 
         torch.set_num_threads(own.threads)
     config = own.latency_config(values["seed"])
-    if values["sparsity"] is None and values["pattern"].strip().lower() in ("", "unstructured"):
-        values["sparsity"] = 0.5
     study = StudyConfig(**values, variants=["dense"])
     spec = study.prune_spec(VALIDATION_SEQLEN)
     check_output(out, overwrite)
@@ -220,16 +223,21 @@ def bench(
         )
     # The steps of a long run are its progress: on stderr, and silenced by --no-progress like any bar.
     step = err_console.print if progress else (lambda *_, **__: None)
-    step(f"pruning a copy: {spec.method} {spec.sparsity:g} ({spec.pattern}), {len(names)} layers")
-    pruned = copy.deepcopy(loaded.model)  # the dense model stays the baseline
-    prune(pruned, {n: pruned.get_submodule(n) for n in names}, spec, calibration, progress=False)
+    step(f"pruning in place: {spec.method} {spec.sparsity:g} ({spec.pattern}), {len(names)} layers")
     info = {
         "title": f"{study.load.model} {spec.method} {spec.sparsity:g} ({spec.pattern})",
         "prune_spec": spec.describe(),
     }
-    result = run_latency(
-        loaded.model, pruned, names, config, on_step=lambda s: step(f"timing {s}"), info=info
-    )
+    # One model copy: the dense baseline's layers are rebuilt from the prune record, never the whole model.
+    with pruned_in_place(loaded.model, names, spec, calibration) as record:
+        result = run_latency(
+            dense_layers(loaded.model, record),
+            loaded.model,
+            names,
+            config,
+            on_step=lambda s: step(f"timing {s}"),
+            info=info,
+        )
     with atomic_directory(out, overwrite) as tmp:
         write_latency(result, tmp)
     print_latency(result)

@@ -1,16 +1,19 @@
-"""Latency figures of a study or sweep point: a dense and a pruned copy of the model timed layer by layer
+"""Latency figures of a study or sweep point: the model pruned in place timed against its dense layers
 (`latency.study_latency`), the section for report.md made by `report.latency.latency_report`.
 
     latency_section(model, record=record, pruned=names)   # while the model is pruned in place
-    latency_section(model, spec=spec, pruned=names)       # on a dense model (prunes a copy)
+    latency_section(model, spec=spec, pruned=names)       # on a dense model (pruned, then restored)
     latency_section(result, model=dense)                  # after run_study
 
-Pruning and restoring copies lives here, above `latency/`, which never imports `pruning` or `report`.
+Pruning, restoring and the dense layers rebuilt from a prune record live here, above `latency/`, which
+never imports `pruning` or `report`.  The model is held once: only its pruned layers are copied.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from torch import nn
@@ -22,6 +25,32 @@ from ..latency import LatencyConfig
 def _unwrap_model(source) -> nn.Module:
     # A LoadedModel carries the module in `.model`; an HF model's own `.model` is its inner decoder.
     return source if isinstance(source, nn.Module) else source.model
+
+
+def dense_layers(model: nn.Module, record) -> Callable[[str], nn.Module]:
+    """`dense_layer(name)` of `model` pruned in place by `record` (a `PruneRecord`): a copy of that pruned
+    layer with what pruning changed restored, so only the layers timed are ever held twice."""
+    from ..pruning.record import restore_layer
+
+    def dense_layer(name: str) -> nn.Module:
+        layer = copy.deepcopy(model.get_submodule(name))
+        restore_layer(layer, record.changes[name])
+        return layer
+
+    return dense_layer
+
+
+@contextmanager
+def pruned_in_place(model: nn.Module, names: list[str], spec, calibration=None) -> Iterator:
+    """Prune `model`'s `names` by `spec` in place and yield the `PruneRecord`; the dense weights come back
+    on exit, whatever happened (the workbench's way: one model copy, no second one to compare with)."""
+    from ..pruning import prune, restore
+
+    record = prune(model, {n: model.get_submodule(n) for n in names}, spec, calibration, progress=False)
+    try:
+        yield record
+    finally:
+        restore(model, record)
 
 
 def latency_section(
@@ -45,7 +74,6 @@ def latency_section(
     """
     from ..latency.section import study_latency
     from ..layers import prunable_layers
-    from ..pruning import prune, restore
     from ..report.latency import latency_report
 
     if hasattr(result_or_model, "spec") and hasattr(result_or_model, "pruned_layers"):
@@ -59,21 +87,18 @@ def latency_section(
     else:
         source = _unwrap_model(result_or_model)
     pruned = pruned or list(prunable_layers(source))
-    if record is not None:
-        pruned_model, dense_model = source, copy.deepcopy(source)
-        restore(dense_model, record)
-    elif spec is not None:
-        if spec.needs_calibration and not calibration:
-            raise PrunescopeError(f"latency of a {spec.method} model needs its calibration data again")
-        dense_model, pruned_model = source, copy.deepcopy(source)
-        prune(
-            pruned_model,
-            {n: pruned_model.get_submodule(n) for n in pruned},
-            spec,
-            calibration,
-            progress=False,
+
+    def measured(record) -> dict:
+        result = study_latency(
+            dense_layers(source, record), source, pruned, formats=formats, config=config, on_step=on_step
         )
-    else:
+        return latency_report(result, plot_dir=plot_dir)
+
+    if record is not None:
+        return measured(record)
+    if spec is None:
         raise PrunescopeError("latency_section needs a study result, a prune record or a prune spec")
-    result = study_latency(dense_model, pruned_model, pruned, formats=formats, config=config, on_step=on_step)
-    return latency_report(result, plot_dir=plot_dir)
+    if spec.needs_calibration and not calibration:
+        raise PrunescopeError(f"latency of a {spec.method} model needs its calibration data again")
+    with pruned_in_place(source, pruned, spec, calibration) as record:
+        return measured(record)

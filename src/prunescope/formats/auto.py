@@ -13,7 +13,6 @@ token counts: a weight timed hot on a CPU with a large L3 would measure the cach
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +31,7 @@ from ..hardware.timing import (
     timer_for,
 )
 from . import native
-from .base import SparseFormat
+from .base import SparseFormat, clone_module
 from .bitmask import BitmaskLinear
 from .csr import CSRLinear
 from .csr16 import MAX_IN_FEATURES, CSR16Linear
@@ -89,7 +88,7 @@ def _candidate(module: nn.Module, x: torch.Tensor, cache: str, llc: int) -> Cand
 
     def make() -> partial:
         # the first copy is the module itself: no extra memory for weights larger than 2x the LLC
-        made.append(copy.deepcopy(module) if made else module)
+        made.append(clone_module(module) if made else module)
         return partial(made[-1], x)
 
     tensors = [*module.parameters(), *module.buffers()]
@@ -124,6 +123,29 @@ def _fastest(best: dict[int, dict[str, float]], tokens: list[int], margin: float
     return min(ok, key=first.get)
 
 
+def _reason(
+    best: dict[int, dict[str, float]], tokens: list[int], choice: str, margin: float, keep: float
+) -> str:
+    """Why `_fastest` chose `choice`, from the same fastest timings (report.md's auto table)."""
+    first, at_first = best[tokens[0]], _tokens_text(tokens[0])
+    if choice != "dense":
+        return f"{choice} fastest at {at_first}"
+    sparse = {k: t for k, t in first.items() if k != "dense"}
+    if not sparse:
+        return "no sparse candidate"
+    name = min(sparse, key=sparse.get)
+    if sparse[name] >= first["dense"]:
+        return f"sparse slower at {at_first}"
+    if sparse[name] > (1 - margin) * first["dense"]:
+        return f"sparse within the {margin:.0%} margin of dense at {at_first}"
+    lost = next((n for n in tokens[1:] if best[n][name] * keep > best[n]["dense"]), tokens[-1])
+    return f"{name} under {keep:.0%} of dense's speed at {_tokens_text(lost)}"
+
+
+def _tokens_text(n: int) -> str:
+    return f"{n} token" if n == 1 else f"{n} tokens"
+
+
 @torch.no_grad()
 def choose_format(
     weight: torch.Tensor,
@@ -148,7 +170,7 @@ def choose_format(
     Returns a plain `nn.Linear` for "dense", else the sparse module, with `auto_choice` (its name),
     `auto_timings` (median seconds per call of every candidate at the first count), `auto_timings_min`,
     `auto_timings_by_n` ({n: {name: median}}; after the first count only dense and the candidates that
-    beat it there by `margin`) and `auto_cache` set on it.
+    beat it there by `margin`), `auto_cache` and `auto_reason` (why, in words) set on it.
     """
     if candidates is None:
         candidates = default_candidates(weight.device)
@@ -191,7 +213,31 @@ def choose_format(
     module.auto_timings_min = best[tokens[0]]
     module.auto_timings_by_n = medians
     module.auto_cache = cache
+    module.auto_reason = _reason(best, tokens, choice, margin, keep)
     return module
+
+
+# The layer-table columns of a layer `auto` converted (structure.layer_table): the choice and the fastest
+# timings at the first token count it was made on, dense's and the best sparse candidate's.
+AUTO_COLUMNS = ("auto_choice", "auto_tokens", "auto_dense_s", "auto_sparse", "auto_sparse_s", "auto_reason")
+
+
+def auto_details(module: nn.Module) -> dict:
+    """What `auto` decided for this converted layer, as AUTO_COLUMNS; {} for a module it did not choose."""
+    choice = getattr(module, "auto_choice", None)
+    if choice is None:
+        return {}
+    fastest = module.auto_timings_min
+    sparse = {k: t for k, t in fastest.items() if k != "dense"}
+    best = min(sparse, key=sparse.get) if sparse else ""
+    return {
+        "auto_choice": choice,
+        "auto_tokens": next(iter(module.auto_timings_by_n)),
+        "auto_dense_s": fastest.get("dense", float("nan")),
+        "auto_sparse": best,
+        "auto_sparse_s": sparse.get(best, float("nan")),
+        "auto_reason": getattr(module, "auto_reason", ""),
+    }
 
 
 @dataclass(frozen=True)
@@ -241,7 +287,14 @@ class AutoFormat(SparseFormat):
         cls.check_support(weight.dtype, weight.device)
         chosen = choose_format(weight, bias, n_tokens, cache=cache)
         if not isinstance(chosen, DenseLinear) and isinstance(chosen, nn.Linear):
-            names = ("auto_choice", "auto_timings", "auto_timings_min", "auto_timings_by_n", "auto_cache")
+            names = (
+                "auto_choice",
+                "auto_timings",
+                "auto_timings_min",
+                "auto_timings_by_n",
+                "auto_cache",
+                "auto_reason",
+            )
             timings = {k: getattr(chosen, k) for k in names}
             chosen = DenseLinear.from_dense(weight, bias)
             for k, v in timings.items():

@@ -12,10 +12,13 @@ A format is one file that defines a `SparseFormat` (usually a `SparseLinear` sub
   weight; it runs `check_support` first, so a module that is built can run.
 - `lossless`: True when `to_dense()` gives the pruned weight back bit for bit (every format but a
   quantizing one); `convert` keeps the dense weights of a lossy format so that `revert` stays exact.
+- `clone()` (on the module): an independent copy with its own weight storage, what cold-cache timing
+  rotates; `SparseLinear` gives it to every format, sparse compressed and subclass tensors included.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -151,3 +154,22 @@ class SparseLinear(SparseFormat, nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}"
+
+    def clone(self) -> SparseLinear:
+        """An independent copy: the same format, options and attributes, with its own copy of every
+        weight tensor (cold-cache timing rotates such copies: no timed call finds its weight cached)."""
+        # deepcopy copies a tensor through its storage, which torch's sparse compressed tensors (CSR, BSR)
+        # lack and a tensor subclass (2:4 semi-structured) keeps inside: those are cloned here, and deepcopy
+        # takes the clones from its memo.
+        tensors = [t for t in [*self._buffers.values(), *vars(self).values()] if isinstance(t, torch.Tensor)]
+        memo = {id(t): t.clone() for t in tensors if not _has_plain_storage(t)}
+        return copy.deepcopy(self, memo)
+
+
+def _has_plain_storage(tensor: torch.Tensor) -> bool:
+    return tensor.layout == torch.strided and type(tensor) in (torch.Tensor, nn.Parameter)
+
+
+def clone_module(module: nn.Module) -> nn.Module:
+    """An independent copy of a format's module (`SparseLinear.clone`) or of a dense one (deepcopy)."""
+    return module.clone() if isinstance(module, SparseLinear) else copy.deepcopy(module)

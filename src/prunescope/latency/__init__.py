@@ -1,11 +1,12 @@
 """Measured latency of pruned models next to what FLOP and byte counts predict.
 
-    result = run_latency(dense_model, pruned_model, names, LatencyConfig(formats=["masked", "csr", "bsr"]))
+    result = run_latency(dense_model.get_submodule, pruned_model, names, LatencyConfig(formats=["csr"]))
 
 The measurement core (interleaved rounds, timers, cache flushes) and the machine facts live in
 `prunescope.hardware`; `variants` builds each format and says what theory predicts; `benchmark` runs
 layer-level and model-level comparisons; `section` sizes them for a study.  The caller prunes (latency
-takes the dense model and its pruned copy), and `prunescope.report.latency` writes and renders results.
+takes the pruned model and where its dense layers are), and `prunescope.report.latency` writes and renders
+results.
 """
 
 from __future__ import annotations

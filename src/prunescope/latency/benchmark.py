@@ -6,7 +6,10 @@ then time the variants that passed in interleaved rounds (see `hardware.timing`;
 CUDA events, and "cold" flushes the GPU's L2). A variant that cannot run here is reported
 `unsupported: reason`; one whose output differs is reported `error: ...`; neither is timed.
 
-Pruning is the caller's: these functions take the dense model and its pruned copy.
+Pruning is the caller's: these functions take the pruned model and its dense layers (`BenchSubject`).
+Every model-level variant but `masked` (the pruned model itself) is the pruned model with its pruned
+projections swapped for the variant's modules, sharing every other tensor (`swapped_copy`): the model is
+held once, plus per-layer modules.
 """
 
 from __future__ import annotations
@@ -184,6 +187,16 @@ def distinct_shapes(model: nn.Module, names: list[str]) -> dict[tuple[int, int],
     return shapes
 
 
+def _expected(module, x: torch.Tensor, reference: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """What a variant must compute: the pruned layer's output, or for a format that changes the values it
+    stores (bitmask-int8 quantizes them) the output of its own `to_dense()` weight, so the check is on the
+    kernel, not on the quantization error."""
+    if module is None or getattr(module, "lossless", True):
+        return reference
+    weight = module.to_dense().double()
+    return F.linear(x.double(), weight, bias.double() if bias is not None else None)
+
+
 def _build_layer_variants(
     names: list[str],
     pruned: torch.Tensor,
@@ -247,7 +260,7 @@ def bench_weight(
             call = calls[name] if module is None else (lambda x=x, module=module: module(x))
             if name != BASELINE:
                 try:
-                    errors[name] = relative_error(call(), reference)
+                    errors[name] = relative_error(call(), _expected(module, x, reference, bias))
                 except (RuntimeError, NotImplementedError) as error:
                     status[name] = f"unsupported: forward failed ({first_line(error)})"
                     continue
@@ -296,7 +309,7 @@ def _copier(name, module, x, dense_weight, pruned_weight, bias) -> tuple[Callabl
         return make_linear, [weight]
 
     def make_module() -> Callable:
-        m = copy.deepcopy(module)
+        m = module.clone()
         return lambda: m(x)
 
     return make_module, [*module.parameters(), *module.buffers()]
@@ -322,10 +335,13 @@ def _layer_candidate(
 @dataclass
 class BenchSubject:
     """What a layer- or model-level benchmark times: the pruned model's `names` (and their formats)
-    against the same layers of the dense model, under `config`; `clock` / `sync` replace the timer's
-    (tests), `on_step` hears each step."""
+    against the same layers dense, under `config`; `clock` / `sync` replace the timer's (tests),
+    `on_step` hears each step.
 
-    dense_model: nn.Module
+    `dense_layer(name)` gives the dense projection `name`: a dense model's `get_submodule`, or a layer
+    rebuilt from a prune record (then only the pruned layers exist twice, never the whole model)."""
+
+    dense_layer: Callable[[str], nn.Module]
     pruned_model: nn.Module
     names: list[str]
     config: LatencyConfig
@@ -336,7 +352,7 @@ class BenchSubject:
 
 def bench_layers(subject: BenchSubject) -> list[dict]:
     """`bench_weight` on the first pruned layer of each distinct shape (they share kernels and sizes)."""
-    dense_model, pruned_model, config = subject.dense_model, subject.pruned_model, subject.config
+    pruned_model, config = subject.pruned_model, subject.config
     clock, sync, on_shape = subject.clock, subject.sync, subject.on_step
     names = subject.names
     rows = []
@@ -345,7 +361,7 @@ def bench_layers(subject: BenchSubject) -> list[dict]:
             on_shape(f"{out_features}x{in_features}")
         first = members[0]
         pruned_module = pruned_model.get_submodule(first)
-        dense_weight = linear_weight(dense_model.get_submodule(first)).detach().contiguous()
+        dense_weight = linear_weight(subject.dense_layer(first)).detach().contiguous()
         pruned_weight = linear_weight(pruned_module).detach().contiguous()
         bias = getattr(pruned_module, "bias", None)
         bias = bias.detach() if bias is not None else None
@@ -357,17 +373,28 @@ def bench_layers(subject: BenchSubject) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ model
 
 
+def swapped_copy(model: nn.Module, names: list[str], layer: Callable[[str], nn.Module]) -> nn.Module:
+    """`model` with each of its `names` sub-modules swapped for `layer(name)`, in a copy of its module tree
+    that shares every parameter and buffer with `model` (no weight is copied; `model` is left alone)."""
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    variant = copy.deepcopy(model, shared)  # the memo hands back the tensors themselves
+    for name in names:
+        set_module(variant, name, layer(name))
+    return variant
+
+
 def convert_copy(
     pruned_model: nn.Module, names: list[str], name: str, settings: dict | None = None
 ) -> nn.Module:
-    """A copy of the pruned model whose `names` projections are `name` modules (`Unsupported` if not);
-    `settings` as for `variants.build_module`."""
-    model = copy.deepcopy(pruned_model)
-    for layer in names:
-        module = model.get_submodule(layer)
+    """The pruned model with its `names` projections as `name` modules (`Unsupported` if not), sharing
+    every other tensor (`swapped_copy`); `settings` as for `variants.build_module`."""
+
+    def build(layer: str) -> nn.Module:
+        module = pruned_model.get_submodule(layer)
         weight, bias = linear_weight(module).detach(), getattr(module, "bias", None)
-        set_module(model, layer, build_module(name, weight, bias, settings))
-    return model
+        return build_module(name, weight, bias, settings)
+
+    return swapped_copy(pruned_model, names, build)
 
 
 def model_theory(model: nn.Module) -> dict:
@@ -409,14 +436,15 @@ def _decode_candidate(model: nn.Module, prompt: torch.Tensor, steps: torch.Tenso
     return Candidate(run, setup)
 
 
-def _model_variants(
-    dense_model: nn.Module, pruned_model: nn.Module, names: list[str], config: LatencyConfig
-) -> dict[str, nn.Module | str]:
+def _model_variants(subject: BenchSubject) -> dict[str, nn.Module | str]:
+    """Per format its model, or why it has none: masked is the pruned model, the others share its tensors
+    but the pruned projections' (dense: the dense layers; a format: its modules)."""
+    pruned_model, names, config = subject.pruned_model, subject.names, subject.config
     variants: dict[str, nn.Module | str] = {}
     device, dtype = _device_dtype(pruned_model)
     for name in config.formats:
         if name == BASELINE:
-            variants[name] = dense_model
+            variants[name] = swapped_copy(pruned_model, names, subject.dense_layer)
         elif name == MASKED:
             variants[name] = pruned_model
         else:
@@ -452,13 +480,41 @@ def _check_model_outputs(variants: dict[str, nn.Module | str], ids: torch.Tensor
             status[name] = OK
             continue
         try:
-            errors[name] = relative_error(model(ids, use_cache=False).logits, reference)
+            expected = _stored_values_logits(model, ids)
+            against = "masked" if expected is None else "its own dequantized weights"
+            expected = reference if expected is None else expected
+            errors[name] = relative_error(model(ids, use_cache=False).logits, expected)
         except (RuntimeError, NotImplementedError) as error:
             status[name] = f"unsupported: forward failed ({first_line(error)})"
             continue
         ok = errors[name] <= tolerance
-        status[name] = OK if ok else f"error: logits differ from masked (rel err {errors[name]:.2e})"
+        status[name] = OK if ok else f"error: logits differ from {against} (rel err {errors[name]:.2e})"
     return {"status": status, "errors": errors}
+
+
+def _stored_values_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor | None:
+    """For a variant whose format changes the values it stores (bitmask-int8 quantizes), the logits of the
+    same model with each such layer as a plain linear layer of its `to_dense()` weight: the check is then on
+    the kernels, not on the quantization error. None when every layer is lossless (compare with masked)."""
+    lossy = {
+        name: module for name, module in model.named_modules() if getattr(module, "lossless", True) is False
+    }
+    if not lossy:
+        return None
+    for name, module in lossy.items():
+        weight = module.to_dense()
+        plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        plain.to(weight.device, weight.dtype)
+        with torch.no_grad():
+            plain.weight.copy_(weight)
+            if module.bias is not None:
+                plain.bias.copy_(module.bias)
+        set_module(model, name, plain)
+    try:
+        return model(ids, use_cache=False).logits
+    finally:
+        for name, module in lossy.items():
+            set_module(model, name, module)
 
 
 def _model_rows(kind: str, shape: dict, tokens: int, variants, checks, timings, theories) -> list[dict]:
@@ -493,9 +549,8 @@ def _model_rows(kind: str, shape: dict, tokens: int, variants, checks, timings, 
 @torch.inference_mode()
 def bench_model(subject: BenchSubject) -> list[dict]:
     """Prefill latency over the (batch x seqlen) grid and KV-cache decode throughput per batch size."""
-    dense_model, pruned_model, config = subject.dense_model, subject.pruned_model, subject.config
+    pruned_model, config = subject.pruned_model, subject.config
     clock, sync, on_step = subject.clock, subject.sync, subject.on_step
-    names = subject.names
     device, dtype = _device_dtype(pruned_model)
     timer = timer_for(device, clock, sync)
     context = _context_length(pruned_model)
@@ -508,7 +563,7 @@ def bench_model(subject: BenchSubject) -> list[dict]:
     def ids(batch: int, length: int) -> torch.Tensor:
         return torch.randint(0, vocab, (batch, length), generator=generator).to(device)
 
-    variants = _model_variants(dense_model, pruned_model, names, config)
+    variants = _model_variants(subject)
     theories = {n: model_theory(m) for n, m in variants.items() if isinstance(m, nn.Module)}
     checks = _check_model_outputs(variants, ids(1, min(16, context)), dtype)
     runnable = {n: m for n, m in variants.items() if checks["status"][n] == OK}
@@ -566,7 +621,7 @@ class LatencyResult:
 
 
 def run_latency(
-    dense_model: nn.Module,
+    dense_layer: Callable[[str], nn.Module],
     pruned_model: nn.Module,
     names: list[str],
     config: LatencyConfig,
@@ -575,9 +630,10 @@ def run_latency(
     on_step: Callable[[str], None] | None = None,
     info: dict | None = None,
 ) -> LatencyResult:
-    """Layer-level then model-level benchmarks of `pruned_model` (and its formats) against `dense_model`."""
+    """Layer-level then model-level benchmarks of `pruned_model` (and its formats) against its dense
+    layers (`dense_layer`, see `BenchSubject`)."""
     device, dtype = _device_dtype(pruned_model)
-    subject = BenchSubject(dense_model, pruned_model, names, config, clock, sync, on_step)
+    subject = BenchSubject(dense_layer, pruned_model, names, config, clock, sync, on_step)
     layers = bench_layers(subject) if config.layer_level else []
     model = bench_model(subject) if config.model_level else []
     env = environment(device, dtype, config.cache)

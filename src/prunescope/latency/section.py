@@ -1,10 +1,11 @@
 """The latency a study (or sweep) embeds: a smaller grid than `prunescope bench`, fitted to the model.
 
-    result = study_latency(dense_model, pruned_model, names, formats=["dense", "masked", "csr"])
+    result = study_latency(dense_model.get_submodule, pruned_model, names, formats=["dense", "masked", "csr"])
     section = prunescope.report.latency.latency_report(result, plot_dir=results_dir)
 
-The caller owns both models: it prunes a copy, or restores one from its prune record (latency does not
-prune), and `report.latency` turns the result into the section's markdown, rows and plots.
+The caller owns the pruned model and says where its dense layers are (a dense model's `get_submodule`, or
+layers rebuilt from its prune record: latency does not prune), and `report.latency` turns the result into
+the section's markdown, rows and plots.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def section_config(
 
 
 def study_latency(
-    dense_model: nn.Module,
+    dense_layer: Callable[[str], nn.Module],
     pruned_model: nn.Module,
     pruned: list[str],
     *,
@@ -55,4 +56,4 @@ def study_latency(
     """`run_latency` of the `pruned` layers with a study's grid (see `section_config`); the caller's
     config is left alone."""
     config = section_config(pruned_model, formats, config)
-    return run_latency(dense_model, pruned_model, pruned, config, on_step=on_step)
+    return run_latency(dense_layer, pruned_model, pruned, config, on_step=on_step)
