@@ -126,16 +126,52 @@ def test_sparsegpt_gptq_twins_come_from_the_joint_pass(tiny_model_dir, tmp_path)
         restore(bench.model, record)
 
 
-def test_joint_quantization_is_refused_where_it_does_not_exist():
+def test_gptq_in_the_pass_quantizes_each_layer_right_after_it_is_pruned(tiny_model_dir):
+    """Wanda + GPTQ: each layer of the first block is GPTQ of its Wanda-pruned weight on the Hessian of the
+    dense block's inputs (what the block pass collects before pruning it), its pruned weights held at 0."""
+    from prunescope.pruning import PruneSpec, prune, restore
+    from prunescope.pruning.capture import find_blocks, layers_by_block
+    from prunescope.quantization import collect_hessians, gptq_quantize
+
+    bench = Workbench(_config(tiny_model_dir, calib_samples=4), progress=False)
+    spec = PruneSpec.create("wanda", 0.5, calib_samples=4, calib_seqlen=32)
+    samples = bench.calibration(spec)
+    blocks_name, blocks = find_blocks(bench.model, bench.layers)
+    first = list(layers_by_block(bench.layers, blocks_name, len(blocks))[0])
+    hessians = collect_hessians(bench.model, first, samples)
+    dense = {name: bench.model.get_submodule(name).weight.detach().clone() for name in first}
+    plain = prune(bench.model, bench.layers, spec, samples, progress=False)
+    masks = {name: plain.changes[name].mask for name in first}
+    restore(bench.model, plain)
+
+    options = QuantOptions("int4", group_size=16, method="gptq")
+    record = prune(
+        bench.model, bench.layers, dataclasses.replace(spec, quantize=options), samples, progress=False
+    )
+    try:
+        for name in first:
+            assert torch.equal(record.changes[name].mask, masks[name])
+            expected = gptq_quantize(
+                dense[name].masked_fill(masks[name], 0), hessians[name].hessian, options, masks[name]
+            )
+            torch.testing.assert_close(
+                bench.model.get_submodule(name).weight, expected.weight, rtol=0, atol=1e-6
+            )
+    finally:
+        restore(bench.model, record)
+    assert all(torch.equal(bench.model.get_submodule(n).weight, dense[n]) for n in first)
+
+
+def test_only_gptq_runs_inside_the_pruning_pass():
     from prunescope.pruning import PruneSpec
 
-    gptq = QuantOptions("int4", method="gptq")
-    with pytest.raises(PrunescopeError, match="cannot prune and quantize in one pass"):
-        PruneSpec(method="wanda", sparsity=0.5, quantize=gptq)
-    with pytest.raises(PrunescopeError, match="GPTQ's column loop"):
+    with pytest.raises(PrunescopeError, match="inside the pruning pass is GPTQ"):
         PruneSpec(method="sparsegpt", sparsity=0.5, quantize=QuantOptions("int4"))
-    with pytest.raises(PrunescopeError, match="does not combine with the joint pass"):
-        PruneSpec(method="sparsegpt", sparsity=0.5, refine="dsnot", quantize=gptq)
+    gptq = QuantOptions("int4", method="gptq")
+    assert PruneSpec(method="sparsegpt", sparsity=0.5, quantize=gptq).joint_quantization
+    assert not PruneSpec(method="sparsegpt", sparsity=0.5, refine="dsnot", quantize=gptq).joint_quantization
+    assert not PruneSpec(method="wanda", sparsity=0.5, quantize=gptq).joint_quantization
+    assert PruneSpec(method="magnitude", sparsity=0.5, quantize=gptq).needs_calibration
 
 
 # Hand counts for one 64 x 128 layer at exactly 50 % sparsity, fp32, group 128 (one group per row).
@@ -322,3 +358,48 @@ def app_():
     from prunescope.cli import app
 
     return app
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_prune_with_gptq_from_disk_matches_the_pass_in_memory(tiny_model_dir, tmp_path, method):
+    """`prune --quant-method gptq`: the checkpoint holds what the same block pass writes in memory (jointly
+    with SparseGPT, GPTQ after each layer with Wanda), and its header and prune.json say so."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from prunescope.checkpoint import prune_checkpoint
+    from prunescope.checkpoint.prune_stream import QUANT_METADATA
+    from prunescope.checkpoint.safetensors_io import Checkpoint
+    from prunescope.layers import linear_weight, prunable_layers
+    from prunescope.models import load_model
+    from prunescope.pruning import PruneSpec, prune
+
+    options = QuantOptions("int4", 16, "gptq")
+    spec = PruneSpec.create(method, 0.5, scope="layer" if method == "sparsegpt" else None)
+    spec = dataclasses.replace(spec, quantize=options, calib_samples=4, calib_seqlen=16)
+    samples = [torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    prune_checkpoint(tiny_model_dir, tmp_path / "disk", spec, progress=False, calibration=samples)
+    written = AutoModelForCausalLM.from_pretrained(tmp_path / "disk")
+    loaded = load_model(str(tiny_model_dir), "float32", "cpu")
+    layers = prunable_layers(loaded.model)
+    prune(loaded.model, layers, spec, samples, progress=False)
+    for name in layers:
+        torch.testing.assert_close(
+            linear_weight(written.get_submodule(name)),
+            linear_weight(loaded.model.get_submodule(name)),
+            rtol=0,
+            atol=1e-6,
+        )
+    header = json.loads(Checkpoint(tmp_path / "disk").metadata[QUANT_METADATA])
+    assert header["method"] == "gptq" and header["pass"] == ("joint" if method == "sparsegpt" else "in pass")
+
+    out = tmp_path / "cli"
+    args = ["prune", str(tiny_model_dir), "--out", str(out), "--method", method, "--sparsity", "0.5"]
+    args += ["--quantize", "int4", "--group-size", "16", "--quant-method", "gptq", "--calib-samples", "4"]
+    args += ["--calib-seqlen", "16", "--no-progress"]
+    result = CliRunner().invoke(app_(), args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "prune.json").read_text())
+    assert record["quantization"]["method"] == "gptq" and "in the pass" in result.output

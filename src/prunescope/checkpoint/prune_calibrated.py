@@ -66,12 +66,13 @@ def prune_blocks(
     layers: dict[str, nn.Module],
     spec: PruneSpec,
     calibration: list[torch.Tensor],
-    write_block: Callable[[int, dict[str, torch.Tensor]], None],
+    write_block: Callable[[int, dict[str, torch.Tensor], dict], None],
     progress: bool = True,
     report: dict | None = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, int]:
-    """Prune block by block; `write_block(i, {tensor: pruned (out, in) weight})` runs after block i.
+    """Prune block by block; `write_block(i, {name: pruned (out, in) weight}, {name: QuantizedWeight})`
+    runs after block i (the second mapping holds the layers GPTQ quantized in the pass, `spec.quantize`).
 
     `to_tensor`: parameter name -> checkpoint tensor (tied aliases excluded). Returns pruned counts.
     With an allocation the blocks are read more than once: OWL's dense pass, EvoPress's passes per search
@@ -115,10 +116,15 @@ def prune_blocks(
             set_module_tensor_to_device(model, name, "meta")
         trim_heap()
 
+    quantized: dict = {}  # GPTQ's codes of the current block's layers, until the block is written
+
     def write(index: int, block_layers: dict[str, nn.Module]) -> None:
-        write_block(index, {name: linear_weight(module) for name, module in block_layers.items()})
+        weights = {name: linear_weight(module) for name, module in block_layers.items()}
+        write_block(index, weights, {name: quantized.pop(name) for name in block_layers if name in quantized})
 
     def drop(name: str, change: LayerChange) -> None:
+        if change.quantized is not None:
+            quantized[name] = change.quantized.to("cpu")
         trim_heap()  # the weights are written with the block; the undo record is not kept
 
     storage = BlockStorage(

@@ -27,17 +27,19 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import PrunescopeError
-from ..layers import prunable_layers
+from ..layers import is_conv1d, prunable_layers
 from ..pruning import PruneSpec, check_pattern_fits
 from ..pruning.scoring import mask_from_scores
 from ..pruning.selection import global_smallest_masks
+from ..quantization import rtn_quantize
 from ..util.heap import trim_heap
 from ..util.progress import track
-from .model_map import is_conv1d, map_tensors, meta_model
+from .model_map import map_tensors, meta_model
 from .safetensors_io import Checkpoint, copy_side_files, plan_shards
 from .sparse import SparseOutput
 
 CHECKPOINT_OUTPUTS = ("hf", "sparse", "both")
+PRUNE_RECORD = "prune.json"  # `prunescope prune`'s record in OUT: its "source" is the model it pruned
 QUANT_METADATA = "prunescope_quantization"  # shard __metadata__ key: JSON of the quantizer and its layers
 DEFAULT_SHARD_BYTES = 2 * 10**9
 # Rows are read and scored in blocks of about this many weights: the selection's scratch (float32 scores,
@@ -165,13 +167,17 @@ def prune_checkpoint(
 ) -> StreamPruneResult:
     """Write the pruned checkpoint of `source` into `out` (an empty folder) in format hf, sparse or both.
 
-    `calibration`: token-id tensors (1, seqlen) for wanda / sparsegpt / ria, OWL or DSnoT
-    (see `pruning.calibration`). `quantize`: a `QuantOptions` (RTN) applied to each pruned weight.
+    `calibration`: token-id tensors (1, seqlen) for wanda / sparsegpt / ria, OWL, DSnoT or GPTQ
+    (see `pruning.calibration`). `quantize`: a `QuantOptions` (RTN) applied to each pruned weight; GPTQ
+    instead comes with the spec (`spec.quantize`: inside the block pass, jointly with SparseGPT).
     `device`: where a calibrated method's blocks run (one block at a time there; host RAM stays bounded
     by a block as on the CPU); magnitude and random stream row blocks on the CPU.
     """
     if quantize is not None and quantize.method != "rtn":
-        raise PrunescopeError("prune --quantize writes RTN values only (--quant-method rtn)")
+        raise PrunescopeError("GPTQ runs inside the block pass: give it as spec.quantize, not quantize=")
+    if quantize is not None and spec.quantize is not None:
+        raise PrunescopeError("one quantization per checkpoint: RTN after pruning or GPTQ in the pass")
+    quantization = quantize if quantize is not None else spec.quantize
     if spec.needs_calibration and not calibration:
         raise PrunescopeError(f"{spec.method} needs calibration data; none was given")
     start = time.perf_counter()
@@ -189,22 +195,23 @@ def prune_checkpoint(
             raise PrunescopeError(f"checkpoint has no weight for {name}")
         tensors.append(tensor)
     conv1d = [is_conv1d(layers[n]) for n in names]
-    metadata = None
-    if quantize is not None:
+    describe = None
+    if quantization is not None:
         for name, tensor, c in zip(names, tensors, conv1d, strict=True):
             in_features = _out_in(checkpoint, tensor, c)[1]
-            if quantize.quantizer.grouped and quantize.group_size and in_features % quantize.group_size:
+            grouped = quantization.quantizer.grouped and quantization.group_size
+            if grouped and in_features % quantization.group_size:
                 raise PrunescopeError(
-                    f"--group-size {quantize.group_size} does not divide in_features {in_features} of {name}"
+                    f"--group-size {quantization.group_size} does not divide in_features {in_features} "
+                    f"of {name}"
                 )
         describe = {
-            "quantizer": quantize.name,
-            "group_size": quantize.group_size,
-            "method": quantize.method,
-            "values": "dequantized",
+            "quantizer": quantization.name,
+            "group_size": quantization.group_size,
+            "method": quantization.method,
+            "pass": _quantization_pass(spec, quantize),
             "layers": names,
         }
-        metadata = {QUANT_METADATA: json.dumps(describe, separators=(",", ":"))}
     index_of = {t: i for i, t in enumerate(tensors)}
     pieces = _pieces(checkpoint, tensors, conv1d)
     pieces_of: dict[int, list[int]] = {}
@@ -256,7 +263,8 @@ def prune_checkpoint(
             kind,
             {tensors[i]: names[i] for i in range(len(names))},
             conv1d={tensors[i]: conv1d[i] for i in range(len(names))},
-            metadata=metadata,
+            metadata=_quantization_metadata(describe, kind),
+            quantization=quantization,
         )
     result = StreamPruneResult(spec, checkpoint_bytes=checkpoint.nbytes)
     if spec.needs_calibration:
@@ -279,10 +287,12 @@ def prune_checkpoint(
                 w = rows(j)
                 w.masked_fill_(mask, 0)
                 pruned += int(mask.sum())
+                codes = None
                 if quantize is not None:
-                    w = _quantized(w, quantize)
+                    codes = rtn_quantize(w, quantize)
+                    w = codes.dequantize(w.dtype)
                 for writer in writers.values():
-                    writer.add_rows(w)
+                    writer.add_rows(w, codes)
                 last.clear()
                 del w, mask
             for writer in writers.values():
@@ -302,12 +312,20 @@ def prune_checkpoint(
     return result
 
 
-def _quantized(weight: torch.Tensor, options) -> torch.Tensor:
-    """RTN of (out, in) rows (whole rows: per-row scales, groups along the columns), dequantized at the
-    weight's dtype; a pruned zero stays zero."""
-    from ..quantization import rtn_quantize
+def _quantization_metadata(describe: dict | None, kind: str) -> dict[str, str] | None:
+    """Each shard's `__metadata__` entry naming the quantization: the hf layout holds the dequantized
+    values (any loader reads them), the sparse layout the codes (`sparse.py`)."""
+    if describe is None:
+        return None
+    values = "codes" if kind == "sparse" else "dequantized"
+    return {QUANT_METADATA: json.dumps({**describe, "values": values}, separators=(",", ":"))}
 
-    return rtn_quantize(weight, options).dequantize(weight.dtype)
+
+def _quantization_pass(spec: PruneSpec, quantize) -> str:
+    """How the written values were quantized: RTN after pruning, or GPTQ inside the block pass."""
+    if quantize is not None:
+        return "after pruning"
+    return "joint" if spec.joint_quantization else "in pass"
 
 
 def _write_calibrated(
@@ -329,16 +347,18 @@ def _write_calibrated(
     to_tensor = {p: t for p, t in mapping.to_checkpoint.items() if p not in mapping.tied}
     pruned_tensors = {to_tensor[f"{name}.weight"]: name for name in layers}
 
-    def write_block(index: int, weights: dict[str, torch.Tensor]) -> None:
+    def write_block(index: int, weights: dict[str, torch.Tensor], quantized: dict) -> None:
         for name, weight in weights.items():
             tensor = to_tensor[f"{name}.weight"]
             entry = checkpoint.entries[tensor]
             weight = weight.to("cpu", entry.torch_dtype)
-            if quantize is not None:
-                weight = _quantized(weight, quantize)
+            codes = quantized.get(name)  # GPTQ in the pass: the weight holds its dequantized values
+            if quantize is not None:  # RTN after pruning (per row / group: a row block as the layer)
+                codes = rtn_quantize(weight, quantize)
+                weight = codes.dequantize(weight.dtype)
             for writer in writers.values():
                 writer.begin_pruned(tensor, entry.torch_dtype, entry.shape)
-                writer.add_rows(weight)
+                writer.add_rows(weight, codes)
                 writer.end_pruned()
             result.layers[name] = {"tensor": tensor, "weights": entry.numel, "pruned": 0}
 

@@ -24,10 +24,11 @@ from torch import nn
 
 from ..errors import PrunescopeError
 from ..layers import linear_shape, linear_weight
+from ..util.linalg import HessianStats
 from ..util.progress import track
 from .allocations import AllocationContext
 from .capture import capture_block_inputs, check_samples, find_blocks, layers_by_block, record_inputs
-from .record import LayerChange, apply_mask
+from .record import LayerChange, apply_mask, keep_original
 from .scoring import block_score_masks, global_score_masks
 from .spec import PruneSpec
 
@@ -97,8 +98,12 @@ def prune_block(
     layer_sparsity = layer_sparsity or {}
     stats = _new_stats(method.stats, block_layers)
     moments = _new_stats(refinement.stats, block_layers) if refinement.refine is not None else {}
-    if stats or moments:
-        adders = {name: _Adders(stats.get(name), moments.get(name)) for name in block_layers}
+    gptq_after = spec.quantize is not None and not spec.joint_quantization
+    hessians = _new_stats(HessianStats, block_layers) if gptq_after else {}
+    if stats or moments or hessians:
+        adders = {
+            name: _Adders(stats.get(name), moments.get(name), hessians.get(name)) for name in block_layers
+        }
         record_inputs(block, inputs, adders, block_layers)
         del adders
     masks = None
@@ -114,7 +119,22 @@ def prune_block(
             change, info = refinement.refine(module, change, moments.pop(name, None), layer_spec)
             if report is not None:
                 report.setdefault("refine", {})[name] = info
+        if gptq_after:
+            change = quantize_after_pruning(module, change, hessians.pop(name), spec.quantize)
         yield name, change
+
+
+def quantize_after_pruning(
+    module: nn.Module, change: LayerChange, hessian: HessianStats, options: Any
+) -> LayerChange:
+    """GPTQ on the layer's kept weights right after it is pruned (and refined), on the Hessian of the
+    calibration inputs the method saw, its pruned weights held at 0; the change then keeps the whole original
+    weight, since GPTQ moves kept weights too."""
+    from ..quantization import quantize_layer  # lazily: only GPTQ in the pass needs it
+
+    change = keep_original(module, change)
+    change.quantized = quantize_layer(module, options, hessian, change.mask, keep_original=False).quantized
+    return change
 
 
 def whole_model_selection(spec: PruneSpec) -> bool:
@@ -160,8 +180,8 @@ def prune_block_by_block(
     storage = storage or BlockStorage()
     if storage.load is not None and whole_model_selection(spec):
         raise PrunescopeError(
-            f"{spec.method} with the global scope and --refine from disk is not supported: the global "
-            "selection needs every layer before the block pass. Use --scope layer or row"
+            f"{spec.method} with the global scope in a block pass from disk (--refine or GPTQ) is not "
+            "supported: the global selection needs every layer before the pass. Use --scope layer or row"
         )
     check_samples(model, calibration)
     blocks_name, blocks = find_blocks(model, layers)

@@ -118,6 +118,17 @@ def record_update(module: nn.Module, original: torch.Tensor, mask: torch.Tensor)
     return LayerChange(shape=original.shape, packed_mask=pack_mask(mask), original=original.to("cpu"))
 
 
+def keep_original(module: nn.Module, change: LayerChange) -> LayerChange:
+    """The same change, undone by copying the whole original weight back: for a step after pruning that
+    also moves kept weights (GPTQ). The original is the weight now with the removed values put back."""
+    if change.original is not None:
+        return change
+    with torch.no_grad():
+        original = linear_weight(module).detach().to("cpu", copy=True)
+        original[change.mask] = change.removed.to(original.dtype)
+    return LayerChange(shape=change.shape, packed_mask=change.packed_mask, original=original)
+
+
 def restore_layer(module: nn.Module, change: LayerChange) -> None:
     weight = linear_weight(module)
     with torch.no_grad():

@@ -72,6 +72,16 @@ class Pattern:
         return cls(n, m)
 
 
+DEFAULT_SPARSITY = 0.3  # every command's --sparsity without a value (an N:M pattern fixes its own)
+
+
+def resolve_sparsity(sparsity: float | None, pattern: Pattern) -> float:
+    """`sparsity`, or without one the pattern's own (N:M: 1 - N/M), else DEFAULT_SPARSITY."""
+    if sparsity is not None:
+        return float(sparsity)
+    return pattern.sparsity if pattern.structured else DEFAULT_SPARSITY
+
+
 @dataclass(frozen=True)
 class PruneSpec:
     """A validated pruning request. `sparsity` is the fraction of prunable weights set to zero.
@@ -80,7 +90,7 @@ class PruneSpec:
     """
 
     method: str = "magnitude"
-    sparsity: float = 0.3
+    sparsity: float = DEFAULT_SPARSITY
     scope: str | None = None
     pattern: Pattern = Pattern()
     seed: int = 0
@@ -95,8 +105,10 @@ class PruneSpec:
     # `allocation` may be a path ending in .json (`allocations/from_file.py`): the SHA-256 of its mapping,
     # filled in when the file is read; a given one must match the file's.
     allocation_sha256: str = ""
-    # Joint pruning + quantization (a `quantization.QuantOptions` with method "gptq"): a method that
-    # `quantizes` (SparseGPT) prunes and quantizes each layer in one column loop, as its reference does.
+    # GPTQ inside the block pass (a `quantization.QuantOptions` with method "gptq"): a method that
+    # `quantizes` (SparseGPT) prunes and quantizes each layer in one column loop, as its reference does;
+    # any other (or with a refinement) is followed by GPTQ on each layer's kept weights right after it is
+    # pruned, on the Hessian of the same calibration inputs (`driver.py`).
     quantize: Any = None
 
     def __post_init__(self) -> None:
@@ -133,22 +145,21 @@ class PruneSpec:
                 )
         if self.calib_samples < 1 or self.calib_seqlen < 2:
             raise PrunescopeError("calibration needs at least 1 sample of at least 2 tokens")
-        self._check_joint_quantization(method)
+        self._check_quantization()
 
-    def _check_joint_quantization(self, method: MethodPlugin) -> None:
-        if self.quantize is None:
-            return
-        if self.quantize.method != "gptq":  # RTN needs no pass of its own: it rounds the pruned weights
-            raise PrunescopeError("joint pruning + quantization is GPTQ's column loop (--quant-method gptq)")
-        if not method.quantizes:
-            joint = ", ".join(p.name for p in METHODS.plugins() if p.quantizes)
-            raise PrunescopeError(
-                f"{self.method} cannot prune and quantize in one pass (joint quantization: {joint})"
-            )
-        if self.refinement_plugin.refine is not None:
-            raise PrunescopeError(
-                "--refine changes masks after quantization; it does not combine with the joint pass"
-            )
+    def _check_quantization(self) -> None:
+        if self.quantize is not None and self.quantize.method != "gptq":
+            # RTN needs no pass of its own: it rounds the pruned weights (`quantization.quantize_model`)
+            raise PrunescopeError("quantization inside the pruning pass is GPTQ (--quant-method gptq)")
+
+    @property
+    def joint_quantization(self) -> bool:
+        """The method prunes and quantizes in one loop; a refinement changes masks after it, so not then."""
+        return (
+            self.quantize is not None
+            and self.method_plugin.quantizes
+            and self.refinement_plugin.refine is None
+        )
 
     def _check_allocation_file(self) -> None:
         from .allocations.file_format import is_allocation_file, load_mapping
@@ -196,6 +207,7 @@ class PruneSpec:
             self.method_plugin.calibrated
             or self.allocation_plugin.allocate is not None
             or self.refinement_plugin.refine is not None
+            or self.quantize is not None  # GPTQ's Hessians
         )
 
     @classmethod
@@ -220,13 +232,12 @@ class PruneSpec:
         old name `damp=`); those of plug-ins not chosen are validated, then ignored.
         """
         parsed = Pattern.parse(pattern)
-        if sparsity is None:
-            sparsity = parsed.sparsity if parsed.structured else 0.3
+        sparsity = resolve_sparsity(sparsity, parsed)
         chosen = (METHODS.get(method), ALLOCATIONS.get(allocation), REFINEMENTS.get(refine))
         method_options, allocation_options, refine_options = options_from_flat(flat, chosen)
         return cls(
             method=method,
-            sparsity=float(sparsity),
+            sparsity=sparsity,
             scope=scope,
             pattern=parsed,
             seed=seed,
@@ -278,5 +289,9 @@ class PruneSpec:
                 if refinement.refine is not None
                 else {}
             ),
-            **({"joint_quantization": self.quantize.label} if self.quantize is not None else {}),
+            **(
+                {"gptq_in_pass": self.quantize.label, "joint_quantization": self.joint_quantization}
+                if self.quantize is not None
+                else {}
+            ),
         }

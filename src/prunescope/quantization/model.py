@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunescopeError
-from ..layers import Conv1D, linear_weight, set_module
+from ..layers import is_conv1d, linear_weight, set_module
 from ..util.linalg import HessianStats
 from .gptq import gptq_quantize
 from .linear import QuantizedLinear
@@ -163,7 +163,7 @@ def quantize_model(
     record = QuantRecord(options)
     for name in names:
         module = model.get_submodule(name)
-        if not isinstance(module, (nn.Linear, Conv1D)):
+        if not (isinstance(module, nn.Linear) or is_conv1d(module)):
             raise PrunescopeError(f"{name} is a {type(module).__name__}, not a dense projection to quantize")
         hessian = _hessian(calibration_hessians, name) if options.method == "gptq" else None
         mask = None if masks is None else masks.get(name)

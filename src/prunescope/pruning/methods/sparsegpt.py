@@ -102,7 +102,7 @@ def prune_sparsegpt(module: nn.Module, stats: HessianStats, spec: PruneSpec) -> 
     weight = linear_weight(module)
     original = weight.detach().clone()
     quantized = None
-    if spec.quantize is not None:
+    if spec.joint_quantization:
         pruned, mask, quantized = sparsegpt_gptq_solve(weight, stats.hessian, spec)
     else:
         pruned, mask = sparsegpt_solve(weight, stats.hessian, spec)
