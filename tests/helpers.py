@@ -46,6 +46,25 @@ def _dims(vocab_size: int, blocks: int, heads: int) -> dict:
     )
 
 
+# `train_demo`'s keyword arguments that shrink the demo's recipe to a few seconds: a 1-block model on 30
+# documents, 4 held-out windows.
+TINY_DEMO_RECIPE = {
+    "config_overrides": {
+        "vocab_size": 300,
+        "hidden_size": 32,
+        "word_embed_proj_dim": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "ffn_dim": 64,
+        "max_position_embeddings": 64,
+    },
+    "max_documents": 30,
+    "batch_size": 2,
+    "seqlen": 64,
+    "eval_max_windows": 4,
+}
+
+
 def tiny_opt(vocab_size: int = 320, seed: int = 0, *, blocks: int = 2, heads: int = 4):
     """A random OPT of `blocks` decoder blocks, hidden size 32, in eval mode, seeded."""
     from transformers import OPTConfig, OPTForCausalLM

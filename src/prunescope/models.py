@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,26 @@ class ModelSource:
         """What `from_pretrained` reads: a file's folder, else the path or hub id itself."""
         path = Path(self.path)
         return str(path.parent) if self.kind == "local" and path.is_file() else self.path
+
+
+def pruned_from(model: str | Path) -> str | None:
+    """The model a `prunescope prune` output folder was pruned from (its record's "source", as the user named
+    it), or None for any other model. `--format both` keeps the record above its hf/ and sparse/ folders."""
+    from .checkpoint.prune_stream import PRUNE_RECORD, output_folders
+
+    path = Path(model).expanduser()
+    folder = path.parent if path.is_file() else path
+    candidates = [folder / PRUNE_RECORD]
+    if folder.name in output_folders(Path(), "both"):  # hf/ or sparse/
+        candidates.append(folder.parent / PRUNE_RECORD)
+    for record in candidates:
+        if record.is_file():
+            try:
+                source = json.loads(record.read_text(encoding="utf-8")).get("source")
+            except (OSError, ValueError, AttributeError):
+                return None  # an unreadable record names no source; the model is taken as it is
+            return str(source) if source else None
+    return None
 
 
 def _looks_like_path(model: str) -> bool:

@@ -28,7 +28,7 @@ OWN_MEANING = {
     },
     "sensitivity": {"method", "sparsity"},
     "train-demo": {"out", "overwrite", "seed", "device", "dtype"},
-    "bench": {"sparsity", "out", "overwrite"},
+    "bench": {"out", "overwrite"},
     "evaluate": {"out", "overwrite", "device", "dtype", "batch_size", "max_tokens", "seqlen", "corpus"},
     "inspect": set(),
 }
@@ -87,3 +87,37 @@ def test_config_round_trips_through_run_json():
     assert again.prune_spec(64).describe() == config.prune_spec(64).describe()
     changed = again.replace(sparsity=0.4)
     assert changed.prune.sparsity == 0.4 and changed.prune.method == "ria" and config.prune.sparsity == 0.5
+
+
+def test_one_sparsity_default_shown_everywhere_and_recorded_resolved():
+    """study, bench and prune prune at 0.3 by default and --help says so; run.json never records null."""
+    shown = {}
+    for name, command in _commands().items():
+        param = next((p for p in command.params if p.name == "sparsity"), None)
+        if param is not None:
+            shown[name] = param.show_default if isinstance(param.show_default, str) else param.default
+    assert shown["study"] == shown["bench"] == shown["prune"] == "0.3"
+    assert all(value not in (None, "") for value in shown.values()), shown  # sweep and sensitivity: their own
+    assert StudyConfig().asdict()["prune"]["sparsity"] == 0.3
+    assert StudyConfig(pattern="2:4").asdict()["prune"]["sparsity"] == 0.5  # what N:M implies
+    recorded = StudyConfig.from_dict(json.loads(json.dumps(StudyConfig().asdict())))
+    assert recorded.prune_spec(64).sparsity == 0.3
+
+
+def test_sweep_default_variants_include_a_format_whose_cost_moves_with_sparsity():
+    from prunescope.experiments.config import SWEEP_VARIANTS
+    from prunescope.experiments.sweep import SweepConfig
+
+    sweep = {p.name: p for p in _commands()["sweep"].params}
+    assert sweep["variants"].default == ",".join(SWEEP_VARIANTS) and "csr" in SWEEP_VARIANTS
+    assert SweepConfig().variants == SWEEP_VARIANTS
+
+
+def test_config_replay_with_a_new_n_m_pattern_takes_that_patterns_sparsity(tmp_path, monkeypatch):
+    from prunescope.commands import options
+
+    recorded = tmp_path / "run.json"
+    recorded.write_text(json.dumps({"config": StudyConfig(sparsity=0.4).asdict()}))
+    monkeypatch.setattr(options, "given_on_command_line", lambda: {"pattern"})
+    assert options.build_config({"pattern": "2:4"}, recorded).prune_spec(64).sparsity == 0.5
+    assert options.build_config({"pattern": "unstructured"}, recorded).prune_spec(64).sparsity == 0.4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -22,22 +23,13 @@ from prunescope.demo.corpus import (
 )
 from prunescope.demo.training import train_demo
 from prunescope.errors import PrunescopeError
+from tests.helpers import TINY_DEMO_RECIPE
 
 # Measured: perplexity 35.5 at the end of training (metrics.json, all 239 held-out windows) and 33.3 on the
 # 16 windows used here (top-1 33.5 % vs unigram 3.5 %). The bound is 1.5x the 16-window figure, so that
 # another stdlib patch release (the held-out text is read at run time) still passes.
 PERPLEXITY_BOUND = 50.0
 EVAL_WINDOWS = 16
-
-TINY = {
-    "vocab_size": 300,
-    "hidden_size": 32,
-    "word_embed_proj_dim": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "ffn_dim": 64,
-    "max_position_embeddings": 64,
-}
 
 
 def _load() -> tuple[OPTForCausalLM, object]:
@@ -109,16 +101,7 @@ def test_heldout_texts(tmp_path) -> None:
 
 
 def test_tiny_training_run_resumes_at_the_right_step(tmp_path, capsys) -> None:
-    kwargs = dict(
-        max_steps=4,
-        threads=1,
-        config_overrides=TINY,
-        max_documents=30,
-        batch_size=2,
-        seqlen=64,
-        checkpoint_steps=2,
-        eval_max_windows=4,
-    )
+    kwargs = dict(max_steps=4, threads=1, checkpoint_steps=2, **TINY_DEMO_RECIPE)
     straight = train_demo(tmp_path / "a", **kwargs)
 
     train_demo(tmp_path / "b", stop_after_steps=2, **kwargs)
@@ -135,3 +118,11 @@ def test_tiny_training_run_resumes_at_the_right_step(tmp_path, capsys) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for name in ("metrics.json", "README.md", "heldout_modules.json", "unigram.json"):
         assert (resumed / name).is_file()
+
+
+def test_a_budget_shorter_than_the_timing_steps_still_writes_the_model(tmp_path) -> None:
+    # The time guard stops the loop before the 20 timing steps that plan the total: no plan, a model anyway.
+    final = train_demo(tmp_path / "t", minutes=1e-4, threads=1, progress=False, **TINY_DEMO_RECIPE)
+    metrics = json.loads((final / "metrics.json").read_text())
+    assert metrics["planned_steps"] is None and metrics["steps"] < 20
+    assert "before a total was planned" in (final / "README.md").read_text()

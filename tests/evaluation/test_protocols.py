@@ -168,7 +168,14 @@ def test_seeds_give_mean_and_std(tiny_model_dir, tmp_path):
 
 def test_sweep_seeds_write_summary_and_bands(tiny_model_dir, tmp_path):
     out = tmp_path / "sweep"
-    args = flags(model=tiny_model_dir, method="wanda,magnitude", sparsity="0.3,0.6", seeds="0,1", out=out)
+    args = flags(
+        model=tiny_model_dir,
+        method="wanda,magnitude",
+        sparsity="0.3,0.6",
+        seeds="0,1",
+        variants="masked",
+        out=out,
+    )
     run_cli(["sweep", "--no-progress", *args, *QUICK_CALIBRATED])
     rows = pd.read_csv(out / "results.csv")
     assert len(rows[rows["method"] == "wanda"]) == 4 and len(rows[rows["method"] == "magnitude"]) == 2

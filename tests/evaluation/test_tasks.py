@@ -1,8 +1,9 @@
 """Zero-shot tasks through lm-evaluation-harness (`--tasks`): prunescope's numbers are lm-eval's own.
 
-One study (module fixture) scores the dense, masked, csr and bitmask variants of the demo model on a tiny
+One study (module fixture) has the dense, masked, csr and bitmask variants of the demo model on a tiny
 local multiple-choice YAML (8 documents of the bundled task, through `dataset_path: json`) and on the
-bundled `stdlib_identifier` task itself, offline. It is compared with `lm_eval.simple_evaluate` run
+bundled `stdlib_identifier` task itself, offline; lm-eval runs on dense and masked, and the lossless formats
+report masked's rows (`--tasks-variants distinct`). It is compared with `lm_eval.simple_evaluate` run
 independently on the dense folder and on the checkpoint `prunescope prune demo` writes with the same spec.
 """
 
@@ -25,7 +26,8 @@ from prunescope.demo.identifier_task import DATA_FILE, TASK_NAME, TASKS_DIR, bui
 from tests.helpers import run_cli
 
 pytest.importorskip("lm_eval")
-# lm-eval starts slowly and scores 4 variants x 2 tasks here: ~1 min on an idle 2-core machine.
+# lm-eval starts slowly and scores 2 variants x 2 tasks here (then 2 x 1 with --tasks-variants all): ~1 min
+# on an idle 2-core machine.
 pytestmark = [pytest.mark.lm_eval, pytest.mark.slow, pytest.mark.timeout(900)]
 
 runner = CliRunner()
@@ -117,7 +119,7 @@ def lm_eval_reference(pretrained, task_dir) -> dict:
 def test_dense_and_masked_equal_lm_eval_exactly_formats_within_one_document(study, task_dir, tmp_path):
     out, _ = study
     tasks = pd.read_csv(out / "tasks.csv")
-    assert list(tasks.columns) == ["variant", "task", "metric", "value", "stderr", "n"]
+    assert list(tasks.columns) == ["variant", "task", "metric", "value", "stderr", "n", "note"]
     tiny = tasks[tasks["task"] == "tiny_identifier"].set_index(["variant", "metric"])["value"]
     assert set(tasks[tasks["task"] == "tiny_identifier"]["n"]) == {DOCS}
 
@@ -131,8 +133,8 @@ def test_dense_and_masked_equal_lm_eval_exactly_formats_within_one_document(stud
     for metric in ("acc", "acc_norm"):
         assert tiny["dense", metric] == dense[metric]
         assert tiny["masked", metric] == masked[metric]
-        for fmt in ("csr", "bitmask"):  # float sums in another order may flip one near-tie, no more
-            assert abs(tiny[fmt, metric] - tiny["masked", metric]) <= 1 / DOCS + 1e-12
+        for fmt in ("csr", "bitmask"):  # lossless formats: masked's rows, not scored again
+            assert tiny[fmt, metric] == tiny["masked", metric]
     # Flips of masked against dense, counted by hand from lm-eval's own per-sample results.
     b = sum(1 for d, ok in dense["samples"].items() if ok == 1.0 and masked["samples"][d] == 0.0)
     c = sum(1 for d, ok in dense["samples"].items() if ok == 0.0 and masked["samples"][d] == 1.0)
@@ -145,6 +147,37 @@ def test_dense_and_masked_equal_lm_eval_exactly_formats_within_one_document(stud
     assert flips["mcnemar_p"] == pytest.approx(p)
     flip_rows = tasks[(tasks["task"] == "tiny_identifier") & (tasks["metric"] == "flips")]
     assert set(flip_rows["n"]) == {DOCS} and tiny["dense", "flips"] == 0.0
+
+
+def test_lossless_formats_report_masked_rows_labelled_and_say_so_first(study):
+    out, output = study
+    tasks = pd.read_csv(out / "tasks.csv")
+    scored = tasks[tasks["variant"].isin(["dense", "masked"])]
+    reused = tasks[tasks["variant"].isin(["csr", "bitmask"])]
+    assert scored["note"].isna().all() and set(reused["note"]) == {"= masked (lossless format)"}
+    masked = tasks[tasks["variant"] == "masked"].drop(columns=["variant", "note"]).reset_index(drop=True)
+    for fmt in ("csr", "bitmask"):  # flips included
+        rows = tasks[tasks["variant"] == fmt].drop(columns=["variant", "note"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(rows, masked)
+    first = lines(output)[0]
+    assert first.startswith("lm-eval runs on dense, masked; csr, bitmask report masked's task rows"), first
+    assert f"task {TASK_NAME} (acc, {DOCS} docs) csr: " in output and "= masked (lossless format)" in output
+    report = (out / "report.md").read_text()
+    assert "| = masked (lossless format) |" in report and "| lm-eval " in report
+
+
+def test_tasks_variants_all_scores_every_format_within_one_document_of_masked(task_dir, tmp_path):
+    out = tmp_path / "all"
+    args = ["study", "--variants", "masked,csr,bitmask", "--sparsity", SPARSITY, "--max-tokens", "256"]
+    args += ["--tasks", "tiny_identifier", "--tasks-path", task_dir, "--tasks-limit", DOCS]
+    result = run_cli([*args, "--tasks-variants", "all", "--out", out, "--no-progress", "--device", "cpu"])
+    assert lines(result.output)[0] == "lm-eval runs on masked, csr, bitmask"
+    tasks = pd.read_csv(out / "tasks.csv")
+    assert tasks["note"].isna().all()
+    tiny = tasks.set_index(["variant", "metric"])["value"]
+    for metric in ("acc", "acc_norm"):
+        for fmt in ("csr", "bitmask"):  # float sums in another order may flip one near-tie, no more
+            assert abs(tiny[fmt, metric] - tiny["masked", metric]) <= 1 / DOCS + 1e-12
 
 
 def test_results_folder_names_metrics_and_versions(study):
@@ -230,10 +263,12 @@ def test_sweep_and_evaluate_score_the_same_as_the_study(study, tmp_path):
     args = ["sweep", "--sparsity", SPARSITY, "--max-tokens", "256", "--out", str(sweep), *tasks]
     run_cli(args)
     points = pd.read_csv(sweep / "results.csv")
-    assert list(points[column]) == [summary.loc["masked", column]]  # the same pruned weights
-    assert list(points[f"dense_{column}"]) == [summary.loc["dense", column]]
+    assert sorted(points["variant"]) == ["csr", "masked"]  # the default variants; csr reuses masked's scores
+    assert list(points[column]) == [summary.loc["masked", column]] * 2  # the same pruned weights
+    assert list(points[f"dense_{column}"]) == [summary.loc["dense", column]] * 2
     flips = f"task:{TASK_NAME}:flips"  # the sweep's flips curve: the same pruned weights as the study's
-    assert list(points[flips]) == [summary.loc["masked", flips]] and list(points[f"dense_{flips}"]) == [0.0]
+    assert list(points[flips]) == [summary.loc["masked", flips]] * 2
+    assert list(points[f"dense_{flips}"]) == [0.0] * 2
     assert "## Zero-shot tasks vs sparsity" in (sweep / "report.md").read_text()
     assert (sweep / "tasks.png").stat().st_size > 0
     evaluated = tmp_path / "evaluated"

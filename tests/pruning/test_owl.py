@@ -115,6 +115,23 @@ def test_formula_edges():
     assert outlier_ratio([torch.tensor([1.0, 1.0, 1.0, 9.0])], 2.0) == 25.0  # mean 3: one of 4 above 6
 
 
+@pytest.mark.parametrize("ratios", [[0.0, 10.0, 10.0, 10.0], [0.0, 0.0, 0.0, 10.0], [1.0, 4.0, 2.0, 9.0]])
+def test_block_sparsities_keep_the_documented_bounds(ratios):
+    """--owl-lambda's help: mean S, span exactly 2 lambda, each block within S +- 2 lambda (not +- lambda)."""
+    s, lam = 0.6, 0.08
+    blocks = owl_sparsities(ratios, s, lam)
+    assert np.mean(blocks) == pytest.approx(s)
+    assert max(blocks) - min(blocks) == pytest.approx(2 * lam)
+    assert all(s - 2 * lam - 1e-12 <= b <= s + 2 * lam + 1e-12 for b in blocks)
+    assert blocks[0] == max(blocks)  # the fewest outliers: the most sparsity
+
+
+def test_a_block_can_exceed_s_plus_lambda():
+    """One block with few outliers among many with many goes above S + lambda (0.72 at S 0.6, lambda 0.08)."""
+    blocks = owl_sparsities([0.0, 10.0, 10.0, 10.0], 0.6, 0.08)
+    assert blocks[0] == pytest.approx(0.72) and blocks[0] > 0.6 + 0.08
+
+
 def test_owl_refuses_n_m_and_bad_values():
     with pytest.raises(PrunescopeError, match="unstructured"):
         PruneSpec.create("wanda", pattern="2:4", allocation="owl")

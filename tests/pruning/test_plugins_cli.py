@@ -60,6 +60,8 @@ def test_toy_method_through_study_sweep_and_prune(toy_method, tiny_model_dir, tm
             f"magnitude,{TOY}",
             "--sparsity",
             "0.2,0.4",
+            "--variants",
+            "masked",
             *COMMON,
             "--out",
             str(tmp_path / "sweep"),

@@ -11,16 +11,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
 
 from ..errors import PrunescopeError
 from ..util.memory import is_out_of_memory, out_of_memory_message
 from ..util.units import size_text  # noqa: F401 - the commands' one size format
+from .group import err_console
 from .options import CONFIG, OUT, OVERWRITE, PROGRESS, option_annotation
 
-# Rich falls back to 80 columns when stdout is not a terminal (CI, files): too narrow for the tables.
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True)
+# Rich falls back to 80 columns when stdout is not a terminal (CI, files); the tables fit 80 columns, but
+# a log reads better 120 wide. COLUMNS, when set, is the width wherever the output goes.
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120)
 
 
 def _quiet_libraries() -> None:
@@ -58,38 +58,6 @@ def user_errors(fn):
     return wrapper
 
 
-try:  # typer >= 0.20 vendors click; its exceptions are what the parser raises
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-except ImportError:  # pragma: no cover - older typer on top of click
-    from click.exceptions import ClickException, NoArgsIsHelpError
-
-
-class OneLineErrors(TyperGroup):
-    """The command group whose usage errors (a value of the wrong type, an unknown option) are one line
-    and exit 2, like every other bad input; `prunescope` alone still prints the help."""
-
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
-        if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
-        except NoArgsIsHelpError as error:
-            error.show()
-            sys.exit(error.exit_code)
-        except ClickException as error:
-            name = error.ctx.command_path if getattr(error, "ctx", None) else "prunescope"
-            err_console.print(
-                f"[bold red]error:[/] {error.format_message()} (see {name} --help)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            sys.exit(error.exit_code)
-        except typer.Abort:
-            err_console.print("aborted; nothing was written")
-            sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)
-
-
 # Options a command declares itself but every command spells, explains and defaults alike: from the
 # option groups (experiments/config.py), like the generated ones.
 ModelOpt = option_annotation("model")
@@ -123,11 +91,62 @@ def print_tasks(tasks, run: dict) -> None:
     rows = main_rows(tasks, run)
     for _, row in rows.iterrows():
         stderr = f" +- {row['stderr']:.4f}" if pd.notna(row["stderr"]) else ""
+        note = f" {row['note']}" if isinstance(row.get("note"), str) and row["note"] else ""  # reused rows
         console.print(
             f"task {row['task']} ({row['metric']}, {row['n']} docs) {row['variant']}: "
-            f"{row['value']:.4f}{stderr}",
+            f"{row['value']:.4f}{stderr}{note}",
             highlight=False,
         )
+
+
+def task_plan_printer(config, variants: list[str]):
+    """What prints, just before lm-eval starts (--tasks), the variants it runs on and why the others are
+    not scored again; None without --tasks."""
+    if not config.lm_eval.tasks:
+        return None
+    from ..evaluation.tasks import plan_line
+    from ..experiments.quantize import with_twins
+    from ..formats import lossless_formats
+
+    listed = with_twins(variants, config.quant.quantize)
+    line = plan_line(listed, config.lm_eval.tasks_variants, lossless_formats(listed))
+    return lambda: console.print(line, highlight=False, soft_wrap=True)
+
+
+def print_table(
+    title: str | None,
+    headers: list[str],
+    rows: list[list[str]],
+    left: int = 1,
+    legend: str | None = None,
+) -> None:
+    """A table that fits the console without cutting a number short.
+
+    Every column is at least as wide as its widest cell line (a cell may stack lines: a value over its
+    interval), so only the headers wrap, at their spaces, when the console is narrow; the first `left`
+    columns are text, the others right-aligned numbers. `legend` (what short headers mean) goes under it.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    widths = [
+        max((Text.from_markup(line).cell_len for row in rows for line in row[i].splitlines()), default=1)
+        for i in range(len(headers))
+    ]
+    # A console narrower than the numbers themselves (3 = a column's padding and rule): no minimum, so
+    # rich folds digits onto a second line rather than cropping the table.
+    fits = sum(width + 3 for width in widths) + 1 <= console.width
+    if title:  # a line of its own: as a table title it would wrap to the (narrow) table's width
+        console.print(Text(title, style="bold"), soft_wrap=True)
+    table = Table()
+    for index, (header, width) in enumerate(zip(headers, widths, strict=True)):
+        justify = "left" if index < left else "right"
+        table.add_column(header, justify=justify, min_width=width if fits else None, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if legend:  # plain text: "[a, b]" is not markup
+        console.print(legend, highlight=False, soft_wrap=True, markup=False)
 
 
 def at_least(value: float | None, minimum: float, option: str) -> None:

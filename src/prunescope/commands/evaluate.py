@@ -22,8 +22,10 @@ from .common import (
 
 
 def _evaluate_options() -> list:
-    # The evaluation set, tasks, dtype and device as in `study`; the model is the positional argument.
-    return options.study_options(groups=("evaluation", "lm_eval", "load"), skip=("model",), kinds=())
+    # The evaluation set, tasks, dtype and device as in `study`; the model is the positional argument. Two
+    # models of their own weights, no sparse formats: lm-eval scores both (no --tasks-variants).
+    skip = ("model", "tasks_variants")
+    return options.study_options(groups=("evaluation", "lm_eval", "load"), skip=skip, kinds=())
 
 
 @options.with_options(_evaluate_options)
@@ -50,6 +52,8 @@ def evaluate(
 ) -> None:
     """Perplexity (and behaviour vs --reference) of a model larger than memory, with accelerate offload.
 
+    Without --corpus the builtin texts are those `study` uses for --reference (its dense model), else for the
+    model, or for a `prunescope prune` checkpoint the model it was pruned from; the protocol line names them.
     With --out: evaluation.json (and tasks.csv with --tasks)."""
     from ..device import choose_dtype, resolve_device
     from ..evaluation.offload import evaluate_offloaded

@@ -30,12 +30,15 @@ class CliOption:
     default: Any
     help: str
     flags: tuple[str, ...] = ()
+    # What --help shows as the default when the value itself says nothing (None resolved later, e.g. 0.3).
+    shown_default: str | None = None
 
     def parameter(self) -> inspect.Parameter:
         flags = self.flags or (f"--{self.name.replace('_', '-')}",)
         if self.type is bool and len(flags) == 1:
             flags = (f"{flags[0]}/--no-{flags[0][2:]}",)
-        annotation = Annotated[self.type, typer.Option(*flags, help=self.help)]
+        shown = {"show_default": self.shown_default} if self.shown_default is not None else {}
+        annotation = Annotated[self.type, typer.Option(*flags, help=self.help, **shown)]
         return inspect.Parameter(
             self.name, inspect.Parameter.KEYWORD_ONLY, default=self.default, annotation=annotation
         )
@@ -94,6 +97,7 @@ def group_options(
                 _cli_default(f, cli_type),
                 _help(f.metadata.get("help", "")),
                 f.metadata.get("flags", ()),
+                f.metadata.get("shown_default"),
             )
         )
     if names is not None:
@@ -119,8 +123,10 @@ def plugin_options(kinds: Iterable[str] = ("method", "allocation", "refinement")
 
 
 def override(options: list[CliOption], **changes: dict[str, Any]) -> list[CliOption]:
-    """`options` with some fields changed per option, e.g. override(opts, sparsity={"default": 0.5})."""
-    return [o.replace(**changes[o.name]) if o.name in changes else o for o in options]
+    """`options` with some fields changed per option, e.g. override(opts, sparsity={"default": 0.5}); a new
+    default is what --help shows."""
+    shown = {name: {"shown_default": None} if "default" in change else {} for name, change in changes.items()}
+    return [o.replace(**{**shown[o.name], **changes[o.name]}) if o.name in changes else o for o in options]
 
 
 def refresh(command: Callable) -> Callable:
@@ -160,8 +166,8 @@ def with_options(options: Callable[[], list[CliOption]]):
     return decorate
 
 
-def given_on_command_line() -> set[str]:
-    """Parameters the user typed (not defaults): with --config, only these override the recorded run."""
+def _typed_parameters() -> tuple[Any, set[str]]:
+    """The running command's click context (None outside a command) and the parameters the user typed."""
     try:
         from typer._click.core import ParameterSource
         from typer._click.globals import get_current_context
@@ -170,8 +176,36 @@ def given_on_command_line() -> set[str]:
         from click.globals import get_current_context
     ctx = get_current_context(silent=True)
     if ctx is None:
-        return set()
-    return {name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+        return None, set()
+    return ctx, {name for name in ctx.params if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+
+
+def given_on_command_line() -> set[str]:
+    """Parameters the user typed (not defaults): with --config, only these override the recorded run."""
+    return _typed_parameters()[1]
+
+
+def command_line() -> str:
+    """The running command as a shell line from what the user typed (defaults left out), for records such
+    as a pruned checkpoint's model card; "" outside a command."""
+    import shlex
+
+    ctx, typed = _typed_parameters()
+    if ctx is None:
+        return ""
+    words = ["prunescope", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name not in typed or value is None:
+            continue
+        if param.param_type_name != "option":
+            words.append(str(value))
+        elif isinstance(value, bool):
+            words.append(param.opts[0] if value or not param.secondary_opts else param.secondary_opts[0])
+        else:
+            for item in value if isinstance(value, list | tuple) else [value]:
+                words += [param.opts[0], str(item)]
+    return shlex.join(words)
 
 
 def study_options(
@@ -210,9 +244,13 @@ def load_config(path: Any) -> dict:
 def build_config(options: dict, config_file: Any = None, **fixed: Any):
     """A StudyConfig from the command's options; with a recorded run, only the typed flags override it."""
     from ..experiments.config import StudyConfig
+    from ..pruning.spec import Pattern
 
     if config_file is None:
         return StudyConfig(**options, **fixed)
     given = given_on_command_line()
     recorded = StudyConfig.from_dict(load_config(config_file))
-    return recorded.replace(**{k: v for k, v in options.items() if k in given}, **fixed)
+    changes = {k: v for k, v in options.items() if k in given}
+    if "pattern" in changes and "sparsity" not in changes and Pattern.parse(changes["pattern"]).structured:
+        changes["sparsity"] = None  # a new N:M pattern fixes its own, not the run's recorded sparsity
+    return recorded.replace(**changes, **fixed)

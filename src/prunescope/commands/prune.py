@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -15,10 +16,12 @@ from .common import ModelArg, OutOpt, OverwriteOpt, ProgressOpt, console, size_t
 VALIDATION_SEQLEN = 256  # replaced by min(256, context) once the checkpoint's config is read
 
 
+def _stored_values(format: str) -> str:
+    return {"hf": "dequantized", "sparse": "codes"}.get(format, "hf/: dequantized, sparse/: codes")
+
+
 def _calibration(model: str, spec, source: str | None, seqlen: int | None, text_column: str | None = None):
     """Calibration windows from the checkpoint's own tokenizer, as `prunescope study` draws them."""
-    import dataclasses
-
     from transformers import AutoConfig, AutoTokenizer
 
     from ..checkpoint.model_map import config_folder
@@ -47,6 +50,21 @@ def _calibration(model: str, spec, source: str | None, seqlen: int | None, text_
         text_column=text_column,
     )
     return samples, spec
+
+
+def _provenance(model: str, source: Path) -> dict:
+    """Where the pruned checkpoint came from and what wrote it, for prune.json and its model card."""
+    from datetime import datetime, timezone
+
+    from ..version import __version__
+
+    return {
+        "source": model,  # as the user named it (`evaluate` follows it back to the source's builtin corpus)
+        "source_path": str(source),
+        "prunescope": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": options.command_line(),
+    }
 
 
 def _prune_options() -> list:
@@ -79,6 +97,8 @@ def prune_command(
     """Prune a checkpoint from disk and save it: magnitude/random row block by row block, wanda/sparsegpt
     decoder block by decoder block; memory is bounded by a block, not the model."""
     from ..checkpoint import prune_checkpoint
+    from ..checkpoint.model_card import write_model_card
+    from ..checkpoint.prune_stream import PRUNE_RECORD
     from ..checkpoint.safetensors_io import parse_size
     from ..device import resolve_device
     from ..experiments.config import StudyConfig
@@ -91,12 +111,12 @@ def prune_command(
     include, exclude = request.include, request.exclude
     samples = None
     spec = config.prune_spec(VALIDATION_SEQLEN)
-    quantizers = config.quant.quantizers()  # --quantize: one quantizer, RTN, values written dequantized
+    quantizers = config.quant.quantizers()  # --quantize: one quantizer
     if len(quantizers) > 1:
         raise PrunescopeError("prune --quantize takes one quantizer (int8 or int4), not a list")
-    if quantizers and quantizers[0].method != "rtn":
-        raise PrunescopeError("prune --quantize writes RTN values only; GPTQ is wired in study and sweep")
     quantize = quantizers[0] if quantizers else None
+    if quantize is not None and quantize.method == "gptq":  # inside the block pass (joint with SparseGPT)
+        spec, quantize = dataclasses.replace(spec, quantize=quantize), None
     max_shard = parse_size(shard_size)
     source = local_checkpoint(model)
     device = resolve_device(config.load.device)  # an absent device fails in one line before any work
@@ -109,11 +129,19 @@ def prune_command(
         result = prune_checkpoint(
             source, tmp, spec, format, include, exclude, max_shard, progress, samples, quantize, device
         )
+        written = {kind: Path(info["folder"]) for kind, info in result.outputs.items()}
         # Folder paths inside the record must name the final location, not the temporary one.
         for info in result.outputs.values():
             info["folder"] = str(Path(out) / Path(info["folder"]).relative_to(tmp))
-        quant = {"quantization": {**vars(quantize), "values": "dequantized"}} if quantize else {}
-        write_json(tmp / "prune.json", {"source": model, **result.as_dict(), **quant})
+        quantization = quantize or spec.quantize
+        # hf/: dequantized values any loader reads; sparse/: codes, scales and zeros (checkpoint/sparse.py)
+        quant = (
+            {"quantization": {**vars(quantization), "values": _stored_values(format)}} if quantization else {}
+        )
+        record = {**_provenance(model, source), **result.as_dict(), **quant}
+        write_json(tmp / PRUNE_RECORD, record)
+        for kind, folder in written.items():  # each checkpoint's own card, not the source model's
+            write_model_card(folder, record, kind)
         if "allocation" in result.details:  # allocation.json and its pictures, beside prune.json
             from ..report.allocation import write_allocation
 
@@ -123,7 +151,12 @@ def prune_command(
         f"{spec.method} {spec.sparsity:g} ({spec.effective_scope}, {spec.pattern}): pruned "
         f"{summary['pruned_weights']:,} of {summary['prunable_weights']:,} weights "
         f"({summary['pruned_layer_sparsity']:.4f}) in {result.seconds:.1f} s"
-        + (f"; values {quantize.label} RTN, written dequantized" if quantize else "")
+        + (f"; values {quantize.label} RTN ({_stored_values(format)})" if quantize else "")
+        + (
+            f"; values {spec.quantize.label} in the pass{' (joint)' * spec.joint_quantization}"
+            if spec.quantize
+            else ""
+        )
     )
     if "allocation" in summary:
         blocks = summary["allocation"].get("blocks", [])

@@ -370,7 +370,9 @@ def _model_card(m: dict) -> str:
         return "n/a" if x is None else format(x, spec)
 
     guard = ""
-    if m["steps"] < m["planned_steps"]:
+    if m["planned_steps"] is None:  # a budget shorter than the timing steps that plan the total
+        guard = "; the time budget ran out during the timing steps, before a total was planned"
+    elif m["steps"] < m["planned_steps"]:
         guard = (
             "; the loop stopped at its 1.25x time guard before the planned total because the machine ran"
             " slower than during the timing steps, so the LR had not fully decayed"
@@ -418,7 +420,7 @@ lists the held-out modules; their text is read from the running interpreter, not
 
 ## Training
 
-- steps: {m["steps"]:,} (planned {m["planned_steps"]:,}){guard}
+- steps: {m["steps"]:,} (planned {fmt(m["planned_steps"], ",")}){guard}
 - tokens seen: {m["tokens_seen"]:,}
 - training time: {m["train_seconds"] / 60:.1f} min of optimisation on {m["threads"]} CPU thread(s)
 - torch {m["torch"]}, transformers {m["transformers"]}

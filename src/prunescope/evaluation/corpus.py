@@ -69,9 +69,35 @@ def read_corpus(path: str | Path) -> list[str]:
     return texts
 
 
+DEMO_CORPUS_LABEL = "builtin: the demo model's held-out Python stdlib modules"
+ENGLISH_CORPUS_LABEL = "builtin: prunescope's English paragraphs"
+
+
+def builtin_corpus_model(model_name: str) -> str:
+    """The model whose builtin texts evaluate `model_name`: itself, or for a checkpoint `prunescope prune`
+    wrote, the model it was pruned from (followed back through its records), so a pruned demo is evaluated
+    on the demo's held-out modules exactly as `study` evaluates the demo."""
+    from ..models import pruned_from
+
+    seen: set[str] = set()
+    while model_name != "demo" and model_name not in seen:
+        seen.add(model_name)
+        source = pruned_from(model_name)
+        if source is None:
+            break
+        model_name = source
+    return model_name
+
+
+def builtin_label(model_name: str) -> str:
+    """What a result says of the builtin texts that evaluate `model_name`."""
+    return DEMO_CORPUS_LABEL if builtin_corpus_model(model_name) == "demo" else ENGLISH_CORPUS_LABEL
+
+
 def default_texts(model_name: str) -> list[str]:
-    """The demo model is evaluated on its held-out stdlib modules; any other model on the English set."""
-    if model_name == "demo":
+    """The demo model (and any checkpoint pruned from it) is evaluated on the demo's held-out stdlib
+    modules; any other model on the English set."""
+    if builtin_corpus_model(model_name) == "demo":
         from ..demo.corpus import heldout_texts
 
         return heldout_texts()

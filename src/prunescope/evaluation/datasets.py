@@ -1,7 +1,8 @@
 """Where evaluation and calibration texts come from: one resolver for every `--corpus` / `--calibration`.
 
 Accepted sources:
-- None / "builtin": the demo's held-out stdlib modules (demo model) or the builtin English set;
+- None / "builtin": the demo's held-out stdlib modules (the demo model and checkpoints pruned from it) or the
+  builtin English set; the corpus names which (`corpus.builtin_label`);
 - a .txt (blank-line blocks) or .jsonl (`text` field) file, read as before (`evaluation.corpus`);
 - an alias of a dataset the papers use: `wikitext2`, `c4`, `ptb` (see ALIASES: the reference
   implementations' splits, shards and join strings);
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PrunescopeError, first_line
-from .corpus import default_texts, read_corpus
+from .corpus import builtin_label, default_texts, read_corpus
 
 EVALUATION, CALIBRATION = "evaluation", "calibration"
 TEXT_FILES = (".txt", ".md", ".jsonl")
@@ -89,7 +90,7 @@ class Corpus:
     """Resolved texts with what a result must say about them."""
 
     rows: list[str]  # every row in order, empty ones included (the joined protocol joins them all)
-    dataset: str  # what the user named: 'wikitext2', 'hf:...', a path, 'builtin'
+    dataset: str  # what the user named: 'wikitext2', 'hf:...', a path; builtin texts: `builtin_label`
     split: str | None = None
     alias: str | None = None
     join: str = "\n\n"
@@ -216,7 +217,7 @@ def resolve(
 ) -> Corpus:
     """The texts of `source` for `purpose` (evaluation or calibration); see the module docstring."""
     if source is None or str(source) == "builtin":
-        return Corpus(default_texts(model_name), "builtin")
+        return Corpus(default_texts(model_name), builtin_label(model_name))
     source = str(source)
     key = source.lower()
     if key in ALIASES:

@@ -182,7 +182,7 @@ def evaluate_offloaded(
     if dtype != "auto":
         choose_dtype(dtype, resolved_device)  # so does an unknown dtype
 
-    # `demo`, a local folder or a hub id, read as every command reads them; `name` picks the default corpus.
+    # `demo`, a local folder or a hub id, read as every command reads them.
     name, reference_name = str(model), str(reference) if reference is not None else None
     model = resolve_model(name).folder
     reference = resolve_model(str(reference)).folder if reference is not None else None
@@ -205,7 +205,9 @@ def evaluate_offloaded(
     # The corpus and its windows as `prunescope study` makes them (evaluation/datasets.py, protocols.py).
     check_source(corpus)
     protocol = ppl_protocol or default_protocol(corpus)
-    texts = resolve(corpus, name, "evaluation", text_column)
+    # The builtin texts are those `study` evaluates the reference (its dense model) on; without a reference,
+    # the model's own, or those of the model a pruned checkpoint came from (`corpus.builtin_corpus_model`).
+    texts = resolve(corpus, reference_name or name, "evaluation", text_column)
     evaluation = build_windows(tokenizer, texts, protocol, _context_length(model), seqlen, max_tokens)
     batches = make_batches(evaluation.windows, batch_size, tokenizer.pad_token_id)
     placement: dict[str, dict] = {}

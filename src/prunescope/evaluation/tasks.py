@@ -45,7 +45,8 @@ from ..util.records import pick
 from .statistics import flips as paired_flips
 
 EXTRA_HINT = "pip install 'prunescope[tasks]'"
-TASK_COLUMNS = ["variant", "task", "metric", "value", "stderr", "n"]
+# `note` is empty for rows lm-eval scored; a lossless format's rows reused from masked say so (`reused_rows`).
+TASK_COLUMNS = ["variant", "task", "metric", "value", "stderr", "n", "note"]
 MAIN_METRICS = ("acc", "acc_norm")  # preferred when a task does not order its metric_list
 BASELINES = ("dense", "reference")  # variants every other variant's flips are counted against
 FLIP_METRICS = ("flips", "correct_to_wrong", "wrong_to_correct", "mcnemar_p")
@@ -338,6 +339,41 @@ class TaskSuite:
         if self.baseline is not None:
             rows += flip_rows(self.baseline, correct, variant)
         return rows
+
+
+def lossless_stand_ins(variants: list[str], lossless_formats: set[str]) -> dict[str, str]:
+    """Lossless format -> the variant whose predictions it reproduces: masked, or without masked the first
+    lossless format listed (which itself is measured); other variants have none. `lossless_formats`: the
+    variants that are lossless formats (`formats.lossless_formats`)."""
+    lossless = [v for v in variants if v in lossless_formats]
+    source = "masked" if "masked" in variants else (lossless[0] if lossless else None)
+    return {v: source for v in lossless if v != source}
+
+
+def reused_note(source: str) -> str:
+    return f"= {source} (lossless format)"
+
+
+def reused_rows(rows: list[dict], variant: str, source: str) -> list[dict]:
+    """`source`'s task rows (flips included) reported for the lossless format `variant`, labelled."""
+    return [{**row, "variant": variant, "note": reused_note(source)} for row in rows]
+
+
+def plan_line(variants: list[str], mode: str, lossless_formats: set[str]) -> str:
+    """The one line said before lm-eval starts: the variants it runs on and why the others are skipped."""
+    reused = lossless_stand_ins(variants, lossless_formats) if mode == "distinct" else {}
+    scored = [v for v in variants if v not in reused]
+    line = f"lm-eval runs on {', '.join(scored)}"
+    if not reused:
+        return line
+    by_source: dict[str, list[str]] = {}
+    for variant, source in reused.items():
+        by_source.setdefault(source, []).append(variant)
+    skipped = "; ".join(f"{', '.join(names)} report {src}'s task rows" for src, names in by_source.items())
+    return (
+        f"{line}; {skipped} (lossless formats: the same predictions up to float rounding; "
+        "--tasks-variants all runs lm-eval on them too)"
+    )
 
 
 def _number(value: Any) -> float | None:

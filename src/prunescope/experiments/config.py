@@ -21,9 +21,14 @@ from ..evaluation import datasets as corpus_sources
 from ..evaluation import protocols
 from ..formats import FORMATS
 from ..pruning import PruneSpec
+from ..pruning.spec import DEFAULT_SPARSITY, Pattern, resolve_sparsity
 from ..util.seeds import parse_seeds
 
 BASE_VARIANTS = ("dense", "masked")
+# A sweep's variants (dense runs anyway): csr's size and FLOPs move with sparsity, so the cost curves do; its
+# behaviour and task scores are masked's (a lossless format), reused rather than measured again.
+SWEEP_VARIANTS = ["masked", "csr"]
+TASKS_VARIANTS = ("distinct", "all")  # --tasks-variants: see TaskOptions
 # A placeholder window length that only validates a request before the model (and its context) is known.
 VALIDATION_SEQLEN = 256
 
@@ -69,7 +74,12 @@ class PruneRequest:
     """What to prune and how, as the user says it; `spec()` validates it into a PruneSpec."""
 
     method: str = option("magnitude", _method_help)
-    sparsity: float | None = option(None, "Fraction of prunable weights set to zero [0, 1) (default 0.3).")
+    # None resolves to DEFAULT_SPARSITY, or to an N:M pattern's own 1 - N/M (`resolve_sparsity`).
+    sparsity: float | None = option(
+        None,
+        "Fraction of prunable weights set to zero [0, 1); an N:M --pattern sets its own, 1 - N/M.",
+        shown_default=f"{DEFAULT_SPARSITY:g}",
+    )
     scope: str | None = option(None, "global, layer or row (default: the method's own).")
     pattern: str = option("unstructured", "unstructured or N:M, e.g. 2:4.")
     include: list[str] = option([], "Glob on module names to prune (repeatable).", type=list[str] | None)
@@ -81,6 +91,11 @@ class PruneRequest:
 
     def __post_init__(self) -> None:
         self.include, self.exclude = parse_list(self.include), parse_list(self.exclude)
+
+    @property
+    def resolved_sparsity(self) -> float:
+        """The sparsity the spec prunes at: the one given, else the pattern's own or DEFAULT_SPARSITY."""
+        return resolve_sparsity(self.sparsity, Pattern.parse(self.pattern))
 
     def spec(self, seed: int, calib: CalibrationOptions, default_seqlen: int) -> PruneSpec:
         return PruneSpec.create(
@@ -158,9 +173,19 @@ class TaskOptions:
     tasks_path: str | None = option(None, "Folder of local lm-eval task YAMLs (lm-eval's include path).")
     tasks_limit: int | None = option(None, "At most this many documents per task (quick checks).")
     num_fewshot: int | None = option(None, "Few-shot examples per task (default: the task's own, else 0).")
+    tasks_variants: str = option(
+        "distinct",
+        "distinct: lm-eval runs on dense, masked and quantized twins; a lossless format (csr, bitmask, ...) "
+        "reports masked's task rows, labelled, as it gives masked's predictions up to float rounding. "
+        "all: lm-eval runs on every variant.",
+    )
 
     def __post_init__(self) -> None:
         self.tasks = parse_list(self.tasks)
+        if self.tasks_variants not in TASKS_VARIANTS:
+            raise PrunescopeError(
+                f"--tasks-variants must be one of {', '.join(TASKS_VARIANTS)}, got {self.tasks_variants!r}"
+            )
         if self.tasks_limit is not None and self.tasks_limit < 1:
             raise PrunescopeError("tasks_limit must be at least 1")
         if self.num_fewshot is not None and self.num_fewshot < 0:
@@ -289,7 +314,10 @@ class StudyConfig:
         return cls(**data)
 
     def asdict(self) -> dict:
-        return {group: asdict(getattr(self, group)) for group in GROUPS}
+        """The groups as run.json records them; the sparsity resolved (0.3, or N:M's), never null."""
+        groups = {group: asdict(getattr(self, group)) for group in GROUPS}
+        groups["prune"]["sparsity"] = self.prune.resolved_sparsity
+        return groups
 
     def replace(self, **options: Any) -> StudyConfig:
         """A copy with some options changed (flat names or groups)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,15 +115,17 @@ def run_study(
     work_dir: str | Path | None = None,
     progress: bool = True,
     results_dir: str | Path | None = None,
+    before_tasks: Callable[[], None] | None = None,
 ) -> StudyResult:
     """Run the study; `loaded` reuses an already-loaded model (left dense on return).
 
     `work_dir` receives the spilled dense reference (deleted by the caller); None keeps it in memory.
-    `results_dir` receives the latency plots when `config.latency` is set.
+    `results_dir` receives the latency plots when `config.latency` is set. `before_tasks` runs once just
+    before lm-eval first runs (`Workbench`).
     """
     quantizers = config.quant.quantize  # --quantize: twins <variant>+<bits> of every variant
     check_twins(config.variants, quantizers)
-    bench = Workbench(config, loaded, work_dir, progress)
+    bench = Workbench(config, loaded, work_dir, progress, before_tasks=before_tasks)
     spec = config.prune_spec(bench.seqlen)
     seeds = config.run.seeds
     if seeds:

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ..errors import PrunescopeError
 from ..formats import FORMATS
 from ..pruning import Pattern
 from ..pruning.spec import ALLOCATIONS, REFINES
+from ..report.run_text import method_label
 from ..report.sweep_points import (
     POINTS_FILE,
     append_point,
@@ -33,6 +35,7 @@ from ..report.sweep_points import (
 )
 from ..util.memory import peak_rss_bytes
 from ..util.progress import make_progress
+from .config import SWEEP_VARIANTS
 from .quantize import check_twins, split_variant, with_twins
 from .study import StudyConfig, Workbench, parse_list, seed_dependent
 
@@ -66,7 +69,7 @@ class SweepConfig:
     sparsities: list[float] = field(default_factory=lambda: parse_sparsities("0.1:0.9:0.1"))
     methods: list[str] = field(default_factory=lambda: ["magnitude"])
     patterns: list[str] = field(default_factory=lambda: ["unstructured"])
-    variants: list[str] = field(default_factory=lambda: ["masked"])
+    variants: list[str] = field(default_factory=lambda: list(SWEEP_VARIANTS))
     thresholds: list[float] = field(default_factory=lambda: [0.9, 0.5])
     base: StudyConfig = field(default_factory=StudyConfig)
     latency: bool = False  # per point: measured layer speedup of each variant at n = 1 and 64 tokens
@@ -123,12 +126,6 @@ class SweepConfig:
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def method_label(method: str, allocation: str = "uniform", refine: str = "none") -> str:
-    """'wanda', 'wanda+owl', 'wanda+dsnot', 'wanda+owl+dsnot': one sweep curve per combination."""
-    parts = [method, allocation if allocation != "uniform" else "", refine if refine != "none" else ""]
-    return "+".join(part for part in parts if part)
-
-
 def parse_method_label(label: str) -> tuple[str, dict]:
     """(method, {allocation, refine}) of a `method_label`."""
     method, *parts = label.split("+")
@@ -180,9 +177,14 @@ def prepare_folder(out: Path, config: SweepConfig, overwrite: bool) -> bool:
 
 
 def run_sweep(
-    config: SweepConfig, out: str | Path, overwrite: bool = False, progress: bool = True
+    config: SweepConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    before_tasks: Callable[[], None] | None = None,
 ) -> pd.DataFrame:
-    """Run (or resume) the sweep into `out`; returns the full results table."""
+    """Run (or resume) the sweep into `out`; returns the full results table. `before_tasks` runs once just
+    before lm-eval first runs (`Workbench`)."""
     out = Path(out)
     resume = prepare_folder(out, config, overwrite)
     points_path = out / POINTS_FILE
@@ -207,6 +209,8 @@ def run_sweep(
                 work_dir=work,
                 progress=False,
                 formats=[v for v in config.variants if v != "masked"],
+                measure_lossless=False,  # a lossless format's behaviour is masked's; its size is its own
+                before_tasks=before_tasks,
             )
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)

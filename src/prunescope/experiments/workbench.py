@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from ..evaluation.behaviour import Behaviour
-from ..formats import check_format_support, convert
+from ..formats import check_format_support, convert, lossless_formats
 from ..layers import linear_shape, prunable_layers
 from ..models import LoadedModel, load_model
 from ..pruning import PruneRecord, PruneSpec, prune, restore
@@ -76,9 +76,18 @@ class Workbench:
         work_dir: str | Path | None = None,
         progress: bool = True,
         formats: list[str] | None = None,
+        measure_lossless: bool = True,
+        before_tasks: Callable[[], None] | None = None,
     ) -> None:
-        """`formats` (default: the config's) are checked against the device and dtype before any work."""
+        """`formats` (default: the config's) are checked against the device and dtype before any work.
+
+        A lossless format gives masked's predictions up to float rounding: with `measure_lossless` False its
+        behaviour is masked's (a sweep's cost curves need its size, not another pass), and under
+        `--tasks-variants distinct` its task rows are masked's (`evaluation.tasks.lossless_stand_ins`).
+        `before_tasks` runs once, just before lm-eval first runs (a command says there what it will score)."""
         self.config, self.progress, self.timings = config, progress, {}
+        self.measure_lossless = measure_lossless
+        self._before_tasks = before_tasks
         torch.manual_seed(config.run.seed)
         self.tasks = None
         if config.lm_eval.tasks:  # lm-eval and every task are checked before the model loads
@@ -150,6 +159,9 @@ class Workbench:
         if result.name == "dense" and "dense" in self._dense_tasks:
             rows = self._dense_tasks["dense"]  # the dense model never changes: score it once
         else:
+            if self._before_tasks is not None:
+                self._before_tasks()
+                self._before_tasks = None
             rows = self.tasks.score(self.model, self.loaded.tokenizer, result.name)
             if result.name == "dense":
                 self._dense_tasks["dense"] = rows
@@ -163,9 +175,30 @@ class Workbench:
         result.perplexity = self.evaluation.perplexity_columns(result.behaviour)
         return result
 
-    def _measure(self, variant: str, pruned: list[str], quantized: dict | None = None) -> VariantResult:
-        behaviour = self.evaluation.compare(self.model, variant, self.progress)
-        return self.score_tasks(_variant_row(self.model, pruned, behaviour, variant, self.seqlen, quantized))
+    def _measure(
+        self,
+        variant: str,
+        pruned: list[str],
+        quantized: dict | None = None,
+        stand_in: VariantResult | None = None,
+    ) -> VariantResult:
+        """The model as it is now: its structure, and its behaviour and task scores, or for a lossless format
+        those of `stand_in` (masked's result) where the options say not to measure them again."""
+        from ..evaluation.tasks import reused_note, reused_rows, summary_columns
+
+        reuse_behaviour = stand_in is not None and not self.measure_lossless
+        if reuse_behaviour:
+            behaviour = stand_in.behaviour
+        else:
+            behaviour = self.evaluation.compare(self.model, variant, self.progress)
+        result = _variant_row(self.model, pruned, behaviour, variant, self.seqlen, quantized)
+        if reuse_behaviour:
+            result.summary["behaviour_of"] = reused_note(stand_in.name)
+        if stand_in is None or self.tasks is None or self.config.lm_eval.tasks_variants == "all":
+            return self.score_tasks(result)
+        result.tasks = reused_rows(stand_in.tasks, variant, stand_in.name)
+        result.task_columns = summary_columns(result.tasks, self.tasks.main_metrics())
+        return result
 
     # -- quantized twins (issue 25): `<variant>+<bits>` ---------------------------------------------------
 
@@ -244,7 +277,7 @@ class Workbench:
             return results
         options = self._twin_options(twins, pruned)
         hessians = None
-        if self.config.quant.quant_method == "gptq":  # one-shot Hessians of the model as pruned
+        if self.config.quant.quant_method == "gptq":  # the dense model's one-shot Hessians (`dense+`)
             start = time.perf_counter()
             samples = [s.to(self.loaded.device) for s in self._quant_samples(spec)]
             hessians = collect_hessians(self.model, pruned, samples)
@@ -271,45 +304,52 @@ class Workbench:
                 timings[f"variant_{twin}"] = time.perf_counter() - start
         return results
 
-    def joint_twins(
+    def _gptq_spec(self, spec: PruneSpec, options) -> PruneSpec:
+        """`spec` with GPTQ in its block pass; a method without calibration of its own calibrates GPTQ on
+        the study's calibration options (the windows `_quant_samples` draws for it)."""
+        if spec.needs_calibration:  # the very windows the method prunes with
+            return dataclasses.replace(spec, quantize=options)
+        calib = self.config.calib
+        seqlen = calib.calib_seqlen or self.seqlen
+        return dataclasses.replace(
+            spec, quantize=options, calib_samples=calib.calib_samples, calib_seqlen=seqlen
+        )
+
+    def gptq_in_pass_twins(
         self, twins: list[str], spec: PruneSpec, timings: dict[str, float] | None = None
     ) -> dict[str, VariantResult]:
-        """Twins of a method that prunes and quantizes in one pass (SparseGPT with GPTQ, as the SparseGPT
-        reference's `--wbits`): per quantizer the dense model is pruned again with `spec.quantize` set, so
-        each kept column is quantized inside the pruning loop and its error propagated; the twins of that
-        quantizer are measured, then the dense weights restored. The mask may differ from the plain pass's."""
+        """GPTQ twins of a pruned model, quantized inside the block pass as the references do (each block's
+        layers quantized on the inputs the already pruned and quantized blocks give): per quantizer the
+        dense model is pruned again with `spec.quantize` set — SparseGPT's one loop that prunes and
+        quantizes, else GPTQ on each layer right after it is pruned (`pruning/driver.py`) — its twins
+        measured, the dense weights restored. Masks may differ a little from the plain pass's (later blocks
+        calibrate on quantized activations; SparseGPT's saliencies see the quantization error)."""
         from .quantize import split_variant
 
         results: dict[str, VariantResult] = {}
         pruned = list(self.layers)
         for name, options in self._twin_options(twins, pruned).items():
-            joint = dataclasses.replace(spec, quantize=options)
-            record = prune(self.model, self.layers, joint, self.calibration(joint), progress=self.progress)
+            in_pass = self._gptq_spec(spec, options)
+            record = prune(
+                self.model, self.layers, in_pass, self.calibration(in_pass), progress=self.progress
+            )
+            quantized = dict.fromkeys(pruned, options)
             try:
                 for twin in [t for t in twins if split_variant(t)[1] == name]:
                     start = time.perf_counter()
-                    quantized = dict.fromkeys(pruned, options)
                     results[twin] = self._measure_quantized(
-                        twin, pruned, quantized, {"joint_record.pt": record}
+                        twin, pruned, quantized, {"gptq_record.pt": record}
                     )
                     record.unspill()
                     self.with_protocol(results[twin])
                     results[twin].summary["quant_seconds"] = record.seconds
-                    results[twin].summary["quant_pass"] = "joint"
+                    results[twin].summary["quant_pass"] = "joint" if in_pass.joint_quantization else "in pass"
                     if timings is not None:
                         timings[f"variant_{twin}"] = time.perf_counter() - start + record.seconds
             finally:
                 record.unspill()
                 restore(self.model, record)
         return results
-
-    def joint_quantization(self, spec: PruneSpec) -> bool:
-        """GPTQ twins come from the method's own joint pass (SparseGPT) rather than after pruning."""
-        return (
-            self.config.quant.quant_method == "gptq"
-            and spec.method_plugin.quantizes
-            and spec.refinement_plugin.refine is None
-        )
 
     def dense_twins(self, quantizers: list[str]) -> dict[str, VariantResult]:
         """`dense+<bits>`: every prunable layer of the dense model quantized, measured, restored."""
@@ -325,14 +365,19 @@ class Workbench:
 
         `while_pruned(record)` runs after the variants, while the model is still pruned in place.
         """
+        from ..evaluation.tasks import lossless_stand_ins
+
         pruned = list(self.layers)
         results: dict[str, VariantResult] = {}
         timings: dict[str, float] = {}
         record: PruneRecord | None = None
+        stand_ins = lossless_stand_ins(variants, lossless_formats(variants))
+        # masked first: the lossless formats that stand on its result come after it in any order given.
+        plain = sorted((v for v in variants if not is_twin(v)), key=lambda v: v != "masked")
         try:
             record = prune(self.model, self.layers, spec, self.calibration(spec), progress=self.progress)
             timings["prune"] = record.seconds
-            for variant in [v for v in variants if not is_twin(v)]:
+            for variant in plain:
                 start = time.perf_counter()
                 if variant == "masked":
                     results[variant] = self._measure(variant, pruned)
@@ -341,15 +386,16 @@ class Workbench:
                         self.work_dir.mkdir(parents=True, exist_ok=True)
                         record.spill(self.work_dir / "prune_record.pt")
                     conversion = convert(self.model, pruned, variant)
-                    try:
-                        results[variant] = self._measure(variant, pruned)  # sparse modules swapped in
+                    stand_in = results.get(stand_ins.get(variant, ""))
+                    try:  # sparse modules swapped in
+                        results[variant] = self._measure(variant, pruned, stand_in=stand_in)
                     finally:
                         conversion.revert()
                 self.with_protocol(results[variant])
                 timings[f"variant_{variant}"] = time.perf_counter() - start
             twins = [v for v in variants if is_twin(v)]
-            joint = bool(twins) and self.joint_quantization(spec)
-            if not joint:
+            in_pass = bool(twins) and self.config.quant.quant_method == "gptq"
+            if not in_pass:  # RTN rounds the weights as pruned here
                 results.update(self.quantized_twins(twins, spec, pruned, record, timings))
             if while_pruned is not None:
                 record.unspill()
@@ -358,8 +404,8 @@ class Workbench:
             if record is not None:
                 record.unspill()
                 restore(self.model, record)
-        if joint:
-            results.update(self.joint_twins(twins, spec, timings))
+        if in_pass:
+            results.update(self.gptq_in_pass_twins(twins, spec, timings))
         results = {v: results[v] for v in variants}
         return Evaluated(results, timings, record.nbytes, record.details)
 

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from ..errors import PrunescopeError
-from ..layers import Conv1D, linear_weight, set_module
+from ..layers import is_conv1d, linear_weight, set_module
 from ..util.heap import trim_heap
 from .base import NoOptions, SparseFormat, SparseLinear
 from .csr import CSRLinear
 
 __all__ = [
+    "lossless_formats",
     "FORMATS",
     "Conversion",
     "CSRLinear",
@@ -57,6 +58,13 @@ def format_class(name: str) -> type[SparseFormat]:
         raise PrunescopeError(f"format {name!r} is not available in this installation ({error})") from None
 
 
+def lossless_formats(variants: list[str]) -> set[str]:
+    """The variants that are sparse formats whose `to_dense()` is the pruned weight bit for bit (`lossless`
+    in the format contract): their predictions are masked's up to float rounding. Quantized twins
+    (`csr+int8`) are not formats here."""
+    return {v for v in variants if v in FORMATS and format_class(v).lossless}
+
+
 def check_format_support(name: str, dtype: torch.dtype, device: torch.device | str) -> None:
     """Fail early, before any work, when a format cannot run on this device and dtype."""
     format_class(name).check_support(dtype, torch.device(device))
@@ -79,7 +87,7 @@ class Conversion:
             if self.released:
                 dense = sparse.to_dense()
                 # Conv1D stores (in, out): give it back its own orientation.
-                original.weight.data = dense.T.contiguous() if isinstance(original, Conv1D) else dense
+                original.weight.data = dense.T.contiguous() if is_conv1d(original) else dense
             set_module(self.model, name, original)
         self.originals.clear()
         trim_heap()

@@ -4,8 +4,9 @@ As in the reference implementations, each sample is a random crop of `seqlen` to
 feed (input norms, Hessians) only need representative activations, not whole documents.
 
 Sources:
-- None / "builtin": for the demo model, its *train* split of stdlib modules (never the held-out modules it is
-  evaluated on); for any other model, the builtin English texts joined by blank lines.
+- None / "builtin": for the demo model (and a checkpoint `prune` made from it), its *train* split of stdlib
+  modules (never the held-out modules it is evaluated on); for any other model, the builtin English texts
+  joined by blank lines.
 - a path: a .txt / .jsonl corpus (`prunescope.corpus.read_corpus`), documents joined by blank lines.
 - any other source `evaluation/datasets.py` resolves (aliases, `hf:...`, .parquet/.arrow/save_to_disk) for
   calibration: the aliases' train split (c4: train shard 0), rows joined by the references' string
@@ -23,7 +24,7 @@ import torch
 
 from ..errors import PrunescopeError
 from ..evaluation import datasets as corpus_sources
-from ..evaluation.corpus import builtin_texts, read_corpus
+from ..evaluation.corpus import builtin_corpus_model, builtin_texts, read_corpus
 
 # Tokenizing the whole demo train split (~12 MB of code) would cost more than pruning; a seeded random subset
 # of documents holding this many characters per requested token keeps the windows diverse and cheap.
@@ -73,7 +74,7 @@ def calibration_stream(
 ) -> list[int]:
     """The token stream calibration windows are cut from."""
     if source is None or str(source) == "builtin":
-        if model_name == "demo":
+        if builtin_corpus_model(model_name) == "demo":  # the demo, or a checkpoint pruned from it
             # Each module tokenized on its own (BOS first), like the demo's training stream.
             docs = _take_budget(_demo_train_documents(seed), budget_tokens * _CHARS_PER_TOKEN_BUDGET)
             return _encode(tokenizer, docs)

@@ -20,6 +20,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .plots import plain_log_scale  # noqa: E402
+
 PLOT_NAME = "frontier.png"
 MARKERS = {"none": "o", "int8": "s", "int4": "^"}
 # Equal compression as Kuzmin et al. (2023) match it (vs 16-bit values): 50 % <-> int8, 75 % <-> int4.
@@ -181,7 +183,7 @@ def plot_frontier(table: pd.DataFrame, path: str | Path) -> None:
         ax.set_ylabel(label)
         positive = rows.loc[rows[metric] > 0, metric]
         if metric == "kl_mean" and len(positive):  # log, with the dense point's 0 on a linear sliver
-            ax.set_yscale("symlog", linthresh=float(positive.min()))
+            plain_log_scale(ax, "y", scale="symlog", linthresh=float(positive.min()))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("behaviour vs bytes: sparsity x quantization (labels: sparsity)")

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
 
 COLOURS = {
     "dense": "#4c72b0",
@@ -19,6 +20,28 @@ COLOURS = {
     "csr16": "#8172b3",
     "auto": "#937860",
 }
+
+
+class PlainLogFormatter(LogFormatter):
+    """Log-axis tick labels as plain numbers ('60', '0.5', '512') where matplotlib writes 6×10^1: matplotlib
+    still picks which ticks are labelled (every decade; between decades, as many as fit), the label is the
+    number itself."""
+
+    def __call__(self, x, pos=None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def plain_log_scale(ax, axis: str, base: float = 10, scale: str = "log", **scale_options) -> None:
+    """Put `ax`'s `axis` ("x" or "y") on a `scale` ("log", or "symlog" with its `linthresh`) of `base` whose
+    ticks read as plain numbers: how every report figure draws a log axis."""
+    getattr(ax, f"set_{axis}scale")(scale, base=base, **scale_options)
+    plain_log_ticks(ax.xaxis if axis == "x" else ax.yaxis, base)
+
+
+def plain_log_ticks(axis, base: float = 10) -> None:
+    """Plain-number labels on a log-scaled matplotlib `axis` (of a plot, or of a LogNorm colour bar)."""
+    axis.set_major_formatter(PlainLogFormatter(base, labelOnlyBase=False))
+    axis.set_minor_formatter(PlainLogFormatter(base, labelOnlyBase=False))
 
 
 def save_figure(fig, path: str | Path) -> None:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .plots import _colour as _study_colour  # noqa: E402
-from .plots import save_figure  # noqa: E402
+from .plots import plain_log_scale, save_figure  # noqa: E402
 
 # Formats the study's palette lacks; tab10's fallback would paint bsr the same green as csr.
 _COLOURS = {"bsr": "#da8bc3", "semi-structured": "#8c8c8c", "dense": "#4c72b0"}
@@ -37,8 +37,8 @@ def plot_speedup_vs_tokens(layers: pd.DataFrame, path: str | Path) -> None:
             if not line.empty:
                 ax.plot(line["n"], line["speedup"], marker="o", label=name, color=_colour(name, i))
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        plain_log_scale(ax, "x", base=2)
+        plain_log_scale(ax, "y")
         ax.set_xlabel("tokens n")
         ax.set_title(f"{shape} (out x in)", fontsize=10)
     axes[0][0].set_ylabel("speedup vs dense F.linear")
@@ -60,8 +60,8 @@ def plot_measured_vs_theory(layers: pd.DataFrame, path: str | Path) -> None:
         if not values.empty:
             low, high = values.min() * 0.8, values.max() * 1.25
             ax.plot([low, high], [low, high], color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        plain_log_scale(ax, "x")
+        plain_log_scale(ax, "y")
         ax.set_xlabel(title)
         ax.set_ylabel("measured speedup")
     axes[0].legend(fontsize=8)

@@ -13,9 +13,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from .output import write_json  # noqa: E402
+from .plots import plain_log_ticks  # noqa: E402
+from .run_text import METRICS_REFERENCE  # noqa: E402
 
 HEATMAP = "sensitivity.png"
-METRICS_DOC = "docs/metrics.md"
 
 
 def grid(table: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -60,7 +61,9 @@ def plot_heatmap(table: pd.DataFrame, path: str | Path, title: str) -> None:
                     position = float(norm(value)) if norm is not None and value > 0 else value / (top or 1.0)
                     colour = "white" if position > 0.6 else "black"
                     ax.text(column, row, f"{value:.3g}", ha="center", va="center", fontsize=7, color=colour)
-        fig.colorbar(image, ax=ax, shrink=0.85)
+        bar = fig.colorbar(image, ax=ax, shrink=0.85)
+        if norm is not None:
+            plain_log_ticks(bar.ax.yaxis)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -106,7 +109,7 @@ def render_report(result) -> str:
         f"- **evaluation**: {run['evaluation']['windows']} windows, {run['evaluation']['tokens']} tokens; "
         f"dense perplexity {dense['perplexity']:.3f}. Every unit is compared with the one dense reference.",
         "",
-        f"Metrics as in [{METRICS_DOC}](../../{METRICS_DOC}); every column is in `sensitivity.csv`.",
+        f"Metrics as in {METRICS_REFERENCE}; every column is in `sensitivity.csv`.",
         "",
         f"- most sensitive {by}: **{ends['most']}**; least sensitive: **{ends['least']}** (mean KL)",
     ]

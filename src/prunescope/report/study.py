@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from . import summary_cells as cells
 from .allocation import allocation_section, refine_section, write_allocation
+from .auto import auto_section, write_auto
 from .disagreement import (
     CONFIDENCE_PLOT,
     _pruned_tokens,
@@ -18,11 +19,20 @@ from .disagreement import (
 )
 from .output import write_json
 from .plots import block_grid, plot_groups, plot_kl_by_confidence, plot_layers, plot_variants
+from .run_text import (
+    METRICS_REFERENCE,
+    corpus_text,
+    count_text,
+    max_tokens,
+    method_text,
+    perplexity_scope,
+    scored_tokens_reason,
+    seed_label,
+    seeds_text,
+)
 from .tasks import tasks_section, write_tasks
 
 __all__ = ["write_study", "write_tokens", "render_report"]
-
-METRICS_DOC = "docs/metrics.md"
 
 
 def _markdown(frame: pd.DataFrame, floatfmt: str | tuple[str, ...] = ".4g") -> str:
@@ -52,6 +62,9 @@ def write_study(result, directory: str | Path, tokenizer=None) -> list[Path]:
     if getattr(result, "seed_table", None) is not None:  # --seeds: every seed's rows behind the means
         result.seed_table.to_csv(directory / "seeds.csv", index=False)
     layers.to_csv(paths["layers"], index=False)
+    auto = write_auto(layers, directory)  # --variants auto: its choice and timings per layer
+    if auto is not None:
+        paths["auto"] = auto
     groups.to_csv(paths["groups"], index=False)
     write_json(paths["run"], result.run)
     plot_variants(summary, paths["variants_plot"])
@@ -78,30 +91,13 @@ def write_study(result, directory: str | Path, tokenizer=None) -> list[Path]:
 
 
 # report.md shows what a person reads first; every column of every table is in the CSVs.
-# (source column, heading, scale, number format)
-BEHAVIOUR_COLUMNS = [
-    ("top1_agreement", "top-1 agreement", 1.0, ".4f"),
-    ("top5_overlap", "top-5 overlap", 1.0, ".4f"),
-    ("kl_mean", "KL (nats/token)", 1.0, ".4g"),
-    ("perplexity", "perplexity", 1.0, ".3f"),
-    ("positions", "positions", 1.0, ".0f"),
-    ("seconds", "eval (s)", 1.0, ".2f"),
-]
-COST_COLUMNS = [
-    ("params", "params (M)", 1e-6, ".3f"),
-    ("sparsity", "sparsity (all)", 1.0, ".4f"),
-    ("pruned_layer_sparsity", "sparsity (pruned layers)", 1.0, ".4f"),
-    ("stored_bytes", "stored (MB)", 1e-6, ".2f"),
-    ("flops_per_token", "executed MFLOP/token", 1e-6, ".3f"),
-    ("nonzero_flops_per_token", "nonzero MFLOP/token", 1e-6, ".3f"),
-]
 GROUP_COLUMNS = [
-    ("modules", "modules", 1.0, ".0f"),
-    ("params", "params (M)", 1e-6, ".3f"),
-    ("sparsity", "sparsity", 1.0, ".4f"),
-    ("param_share", "param share", 1.0, ".3f"),
-    ("stored_bytes", "stored (MB)", 1e-6, ".2f"),
-    ("flops_per_token", "executed MFLOP/token", 1e-6, ".3f"),
+    cells.Column("modules", "modules", "modules", ".0f"),
+    cells.PARAMS,
+    cells.Column("sparsity", "sparsity", "sparsity", ".4f"),
+    cells.Column("param_share", "share", "param share", ".3f"),
+    cells.STORED,
+    cells.FLOPS,
 ]
 
 
@@ -125,50 +121,26 @@ DELTA_P_COLUMNS = [
 ]
 
 
-def with_interval(value: float, low: float, high: float, fmt: str) -> str:
-    """'0.9155 [0.9101, 0.9203]'; the value alone when the interval is missing."""
-    if pd.isna(value):
-        return ""
-    if pd.isna(low) or pd.isna(high):
-        return format(value, fmt)
-    return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
-
-
 def behaviour_table(summary: pd.DataFrame) -> str:
-    """top-1, top-5, KL and perplexity per variant, with the bootstrap intervals where they are known."""
+    """top-1, top-5, KL and perplexity per variant, with the bootstrap intervals where they are known (or,
+    over several seeds, mean ± std)."""
+    return cells.markdown(cells.with_ppl_ratio(summary), cells.BEHAVIOUR)
 
-    def column(name: str) -> pd.Series:
-        return summary[name] if name in summary else pd.Series([float("nan")] * len(summary))
 
-    ratio = column("ln_ppl_ratio").map(lambda x: float("nan") if pd.isna(x) else float(np.exp(x)))
-    shown = pd.DataFrame(
-        {
-            "variant": summary["variant"],
-            "top-1 agreement": [
-                with_interval(v, lo, hi, ".4f")
-                for v, lo, hi in zip(
-                    summary["top1_agreement"], column("top1_ci_low"), column("top1_ci_high"), strict=True
-                )
-            ],
-            "top-5 overlap": summary["top5_overlap"],
-            "KL (nats/token)": [
-                with_interval(v, lo, hi, ".4g")
-                for v, lo, hi in zip(
-                    summary["kl_mean"], column("kl_mean_ci_low"), column("kl_mean_ci_high"), strict=True
-                )
-            ],
-            "perplexity": summary["perplexity"],
-            "PPL / dense PPL": [
-                with_interval(v, lo, hi, ".4f")
-                for v, lo, hi in zip(
-                    ratio, column("ppl_ratio_ci_low"), column("ppl_ratio_ci_high"), strict=True
-                )
-            ],
-            "positions": summary["positions"],
-            "eval (s)": summary["seconds"],
-        }
-    )
-    return _markdown(shown, ("g", "g", ".4f", "g", ".3f", "g", ".0f", ".2f"))
+def protocol_section(summary: pd.DataFrame) -> list[str]:
+    """The rolling protocol's token, word and byte perplexities and bits per byte; [] for other protocols."""
+    columns = cells.protocol_perplexities(summary)
+    if not columns:
+        return []
+    return [
+        "## Perplexity per token, word and byte",
+        "",
+        "The rolling protocol's (lm-evaluation-harness) figures: the same total negative log-likelihood "
+        "divided by the scored tokens, the words (split on whitespace) or the UTF-8 bytes of the documents.",
+        "",
+        cells.markdown(summary, columns),
+        "",
+    ]
 
 
 def distribution_tables(summary: pd.DataFrame) -> list[str]:
@@ -204,27 +176,11 @@ def distribution_tables(summary: pd.DataFrame) -> list[str]:
     ]
 
 
-def _table(frame: pd.DataFrame, keys: list[str], columns: list[tuple[str, str, float, str]]) -> str:
-    """`keys` as they are, then the chosen columns scaled to their units and renamed."""
-    present = [c for c in columns if c[0] in frame.columns]
-    shown = frame[keys].copy()
-    for column, heading, scale, _ in present:
-        shown[heading] = frame[column] * scale
-    return _markdown(shown, tuple(["g"] * len(keys) + [fmt for *_, fmt in present]))
-
-
 def corpus_line(run: dict) -> str:
-    corpus = run["config"].get("corpus")
+    """The corpus, its documents, and the tokens read and scored (with why they differ)."""
     evaluation = run["evaluation"]
-    if corpus in (None, "builtin"):
-        corpus = (
-            "builtin: the demo model's held-out Python standard-library modules"
-            if run["model"]["name"] == "demo"
-            else "builtin: prunescope's English set"
-        )
-    else:
-        corpus = f"`{corpus}`"
-    return f"{corpus}; {evaluation['tokens']} tokens from {evaluation['documents']} documents"
+    documents = count_text(evaluation["documents"], "document")
+    return f"{corpus_text(evaluation)}, {documents}; {scored_tokens_reason(evaluation)}"
 
 
 def protocol_line(run: dict) -> str:
@@ -252,14 +208,16 @@ def header_lines(result) -> list[str]:
         "",
         f"- **model**: `{model['name']}` ({model['class']}, from {model['source']}), {run['dtype']} on "
         f"{run['device']}, {run['threads']} threads",
-        f"- **method**: {spec['method']}, sparsity {spec['sparsity']:g}, scope {spec['scope']}, "
-        f"pattern {spec['pattern']}, seed {spec['seed']}; {len(result.pruned_layers)} pruned layers",
+        f"- **method**: {method_text(spec)}, sparsity {spec['sparsity']:g}, scope {spec['scope']}, "
+        f"pattern {spec['pattern']}, {seed_label(run)}; {len(result.pruned_layers)} pruned layers",
+        *([f"- **seeds**: {seeds_text(run)}"] if seeds_text(run) else []),
         f"- **corpus**: {corpus_line(run)}",
+        f"- **scope**: {perplexity_scope(run['evaluation'], max_tokens(run['config']))}",
         f"- **perplexity protocol**: {protocol_line(run)}",
         f"- **versions**: {versions}",
         "",
-        f"Every metric is defined in [{METRICS_DOC}](../../{METRICS_DOC}) of the prunescope repository; "
-        "every column of every table is in the CSV files beside this report.",
+        f"Every metric is defined in {METRICS_REFERENCE}; every column of every table is in the CSV files "
+        "beside this report.",
         "",
     ]
 
@@ -291,6 +249,8 @@ def layer_section(result, layers_plot: bool) -> list[str]:
 
 def render_report(result, layers_plot: bool = True, tokenizer=None, confidence_plot: bool = False) -> str:
     run, summary = result.run, result.summary
+    note = cells.seeds_note(summary)
+    seeds = [f"{note}.", ""] if note else []  # under each table whose cells may carry ± std
     lines = header_lines(result)
     lines += [
         "## Behaviour (each variant against the dense model)",
@@ -299,15 +259,18 @@ def render_report(result, layers_plot: bool = True, tokenizer=None, confidence_p
         "",
         INTERVALS_NOTE,
         "",
+        *seeds,
+        *protocol_section(summary),
         "## Cost",
         "",
-        _table(summary, ["variant"], COST_COLUMNS),
+        cells.markdown(summary, cells.COST),
         "",
+        *seeds,
         "![variants](variants.png)",
         "",
         "## Groups",
         "",
-        _table(result.groups, ["variant", "group"], GROUP_COLUMNS),
+        cells.markdown(result.groups, GROUP_COLUMNS, keys=("variant", "group")),
         "",
         "![groups](groups.png)",
         "",
@@ -316,6 +279,7 @@ def render_report(result, layers_plot: bool = True, tokenizer=None, confidence_p
     lines += distribution_tables(summary)
     lines += disagreement_section(result, tokenizer, CONFIDENCE_PLOT if confidence_plot else None)
     lines += allocation_section(run) + refine_section(run)
+    lines += auto_section(result.layers)
     lines += tasks_section(result)
     if "latency" in run:
         lines += ["## Latency", "", run["latency"].get("markdown", ""), ""]

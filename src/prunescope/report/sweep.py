@@ -12,7 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..util.seeds import aggregate_seeds  # noqa: E402
+from . import summary_cells as cells  # noqa: E402
 from .output import write_json  # noqa: E402
+from .plots import plain_log_scale  # noqa: E402
+from .run_text import METRICS_REFERENCE, evaluation_lines  # noqa: E402
 from .tasks import SWEEP_PLOT_NAME, plot_task_curves, sweep_tasks_section, task_columns  # noqa: E402
 
 BEHAVIOUR_PANELS = [
@@ -45,6 +48,12 @@ def _replace(path: Path, write) -> None:
 
 
 POINT_COLUMNS = ["method", "pattern", "target_sparsity", "variant"]
+# Each point's row in the study's units (report.md's "All points"; the console shows fewer of them).
+POINT_SECONDS = cells.Column("point_seconds", "s", "point (s)", ".3g")
+POINT_TABLE = cells.values_only(
+    [cells.PRUNED_SPARSITY, cells.STORED, cells.FLOPS, cells.TOP1, cells.TOP5, cells.KL, cells.PERPLEXITY]
+) + [POINT_SECONDS]
+CONSOLE_POINTS = cells.values_only([cells.STORED, cells.FLOPS, cells.TOP1, cells.KL, cells.PERPLEXITY])
 SEEDS_NOTE = "Under --seeds: summary.csv holds the mean and `<metric>_std` per point; plots show ± 1 std."
 
 
@@ -90,6 +99,23 @@ def threshold_crossings(table: pd.DataFrame, thresholds: list[float]) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def _sparsity_as_text(points: pd.DataFrame) -> pd.DataFrame:
+    """Target sparsities as a table shows them ('0.3', never 0.30000000000000004)."""
+    return points.assign(target_sparsity=points["target_sparsity"].map("{:g}".format))
+
+
+def point_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The console's points: sorted, under --seeds their mean and std."""
+    return _sparsity_as_text(seed_summary(sort_rows(table)))
+
+
+def points_markdown(table: pd.DataFrame) -> str:
+    """report.md's "All points": every point (every seed's under --seeds) in the study's units."""
+    rows = _sparsity_as_text(sort_rows(table))
+    keys = POINT_COLUMNS + (["seed"] if has_seeds(rows) else [])
+    return cells.markdown(rows, POINT_TABLE, keys=keys)
+
+
 def interval(rows: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series] | None:
     """(low, high) of `column`'s bootstrap interval for these rows, or None when the sweep has none."""
     low, high, scale = CI_COLUMNS.get(column, (None, None, None))
@@ -129,7 +155,7 @@ def plot_behaviour(table: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if column == "perplexity":
-            ax.set_yscale("log")
+            plain_log_scale(ax, "y")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -168,7 +194,7 @@ def plot_speedup(table: pd.DataFrame, path: Path) -> None:
     ax.axhline(1.0, color="gray", linewidth=0.8)
     ax.set_xlabel("sparsity of pruned layers")
     ax.set_ylabel("measured speedup vs dense (pruned layers)")
-    ax.set_yscale("log")
+    plain_log_scale(ax, "y")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -192,31 +218,15 @@ def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> Non
     if task_columns(table):  # --tasks: accuracy-vs-sparsity curves
         _replace(out / SWEEP_PLOT_NAME, lambda p: plot_task_curves(collapse_points(table), p))
     crossings = threshold_crossings(table, config.thresholds)
-    shown = table[
-        [
-            "method",
-            "pattern",
-            "target_sparsity",
-            "variant",
-            "pruned_layer_sparsity",
-            "stored_bytes",
-            "flops_per_token",
-            "top1_agreement",
-            "top5_overlap",
-            "kl_mean",
-            "perplexity",
-            "point_seconds",
-        ]
-    ]
     model = run.get("model", {}).get("name", config.base.model)
-    protocol_line = run.get("evaluation", {}).get("protocol")
+    evaluation = sweep_evaluation_lines(run)
     lines = [
         f"# prunescope sweep: {model}",
         "",
         f"{len(collapse_points(table))} points ({', '.join(config.methods)} x {', '.join(config.patterns)}), "
         f"variants {', '.join(config.variants)}; dense perplexity {table['dense_perplexity'].iloc[0]:.4g}.",
-        "Metric definitions: docs/metrics.md in the prunescope repository.",
-        *([f"Perplexity: {protocol_line}."] if protocol_line else []),
+        f"Metric definitions: {METRICS_REFERENCE}.",
+        *(f"{line[0].upper()}{line[1:]}." for line in evaluation),
         *([SEEDS_NOTE] if has_seeds(table) else []),
         *([CI_NOTE] if "top1_ci_low" in table.columns else []),
         "",
@@ -236,7 +246,7 @@ def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> Non
         *sweep_tasks_section(collapse_points(table), run),
         "## All points",
         "",
-        shown.to_markdown(index=False, floatfmt=".4g"),
+        points_markdown(table),
         "",
     ]
     from .frontier import frontier_report  # issue 25: frontier.png and its section, "" without --quantize
@@ -244,6 +254,13 @@ def write_sweep_report(table: pd.DataFrame, config, out: Path, run: dict) -> Non
     lines.append(frontier_report(table, out))
     lines += allocations_section(out)
     _replace(out / "report.md", lambda p: p.write_text("\n".join(lines), encoding="utf-8"))
+
+
+def sweep_evaluation_lines(run: dict) -> list[str]:
+    """The study's lines on the perplexity (protocol, tokens, scored) for a sweep's run.json; [] without."""
+    if "tokens_scored" not in run.get("evaluation", {}):
+        return []
+    return evaluation_lines({**run, "config": run.get("sweep", {}).get("base", {})})
 
 
 def allocations_section(out: Path) -> list[str]:

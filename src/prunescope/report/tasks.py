@@ -121,9 +121,14 @@ def tasks_section(result) -> list[str]:
                 "documents": rows["n"],
             }
         )
+        floatfmt: tuple[str, ...] = ("g", "g", "g", ".4f", ".4f", ".0f")
+        notes = rows["note"] if "note" in rows else pd.Series(dtype=object)
+        if notes.notna().any():  # lossless formats reporting masked's rows (--tasks-variants distinct)
+            table["scored"] = notes.fillna("lm-eval").to_numpy()
+            floatfmt += ("g",)
         versions = ", ".join(f"{name} v{meta.get('version')}" for name, meta in info.get("tasks", {}).items())
         lines += [
-            table.to_markdown(index=False, floatfmt=("g", "g", "g", ".4f", ".4f", ".0f")),
+            table.to_markdown(index=False, floatfmt=floatfmt),
             "",
             f"Task versions: {versions}.",
             "",

@@ -8,7 +8,12 @@ measured on the *dense* model, and takes the block's outlier ratio
 (all its projections' scores together, as if concatenated). Blocks with more outliers keep more weights:
 
     D_b = (LOD_b - min LOD) / (max LOD - min LOD) * 2 * lambda
-    sparsity_b = 1 - (D_b - mean(D) + (1 - S))              (mean S, range S - lambda .. S + lambda)
+    sparsity_b = 1 - (D_b - mean(D) + (1 - S)) = S + mean(D) - D_b
+
+D_b lies in [0, 2 lambda], so the block sparsities have mean S and span exactly 2 lambda (the block with the
+most outliers S + mean(D) - 2 lambda, the one with the fewest S + mean(D)). The span is not centred on S:
+mean(D) is anywhere in [0, 2 lambda], so a block lies in [S - 2 lambda, S + 2 lambda] (e.g. S = 0.6,
+lambda = 0.08, one block with few outliers and three with many: 0.72). Clipped to [0, 0.99] (`_common`).
 
 Inside a block the method then prunes at sparsity_b with its own comparison group. The block scores come
 from one dense pass of the calibration samples, in memory or from disk (`AllocationContext`).
@@ -31,7 +36,11 @@ from .context import Allocation, AllocationContext
 class OWLOptions:
     m: float = field(default=5.0, metadata={"help": "OWL: a score is an outlier above M x its block's mean."})
     lambda_: float = field(
-        default=0.08, metadata={"help": "OWL: block sparsities span S - lambda .. S + lambda."}
+        default=0.08,
+        metadata={
+            "help": "OWL: block sparsities span 2 x lambda with mean S, not centred: each block lies in "
+            "S - 2 x lambda .. S + 2 x lambda."
+        },
     )
 
     def __post_init__(self) -> None:
