@@ -191,3 +191,18 @@ def toy_plugin() -> MethodPlugin:
         natural_scope="layer",
         score=largest_scores,
     )
+
+
+def skip_unless_kernel(kernel: str, built: bool, what: str) -> None:
+    """Skip a native-kernel test where `kernel` cannot run: `what` is not built into the extension, or this
+    CPU lacks the kernel's ISA ("torch" always runs)."""
+    import pytest
+
+    from prunescope.formats import native
+
+    if kernel == "torch":
+        return
+    if not built:
+        pytest.skip(f"{what} not built ({native.IMPORT_ERROR or 'old extension'})")
+    if kernel not in native.available_kernels():
+        pytest.skip(f"this CPU lacks {kernel}")

@@ -14,7 +14,7 @@ from prunescope.formats import FORMATS, convert, format_class, native
 from prunescope.formats import bitmask_int8 as bi8
 from prunescope.formats.bitmask_int8 import BitmaskInt8Linear
 from prunescope.quantization import QuantOptions, quantized_storage_bytes, rtn_quantize
-from tests.helpers import tiny_opt
+from tests.helpers import skip_unless_kernel, tiny_opt
 
 pytestmark = pytest.mark.native
 
@@ -25,13 +25,8 @@ SPARSITIES = [0.0, 0.5, 0.9]
 TOKENS = [1, 3, 9, 64]
 
 
-def _skip_unless(kernel: str, variant: int = 0) -> None:
-    if kernel == "torch":
-        return
-    if not bi8.HAS_NATIVE:
-        pytest.skip(f"the native int8 kernels are not built ({native.IMPORT_ERROR or 'old extension'})")
-    if kernel not in native.available_kernels():
-        pytest.skip(f"this CPU lacks {kernel}")
+def _skip_unless(kernel: str) -> None:
+    skip_unless_kernel(kernel, bi8.HAS_NATIVE, "the native int8 kernels are")
 
 
 def _pruned(out: int, inp: int, s: float, seed: int, zero_rows: bool = True) -> torch.Tensor:
@@ -76,7 +71,7 @@ def test_registered_and_round_trip_through_int8_rtn():
 @pytest.mark.parametrize("kernel,variant", NATIVE + [("torch", 0)])
 @pytest.mark.parametrize("s", SPARSITIES)
 def test_every_path_matches_dequantized_linear(kernel, variant, s):
-    _skip_unless(kernel, variant)
+    _skip_unless(kernel)
     for (out, inp), n, use_bias in itertools.product(SHAPES, TOKENS, (False, True)):
         seed = out * 1000 + inp
         w = _pruned(out, inp, s, seed)
@@ -102,7 +97,7 @@ def test_every_path_matches_dequantized_linear(kernel, variant, s):
 @pytest.mark.parametrize("kernel,variant", NATIVE)
 def test_threaded_blocks_and_several_panels(kernel, variant):
     """Enough rows for several OpenMP row blocks and several decompressed panels."""
-    _skip_unless(kernel, variant)
+    _skip_unless(kernel)
     w = _pruned(1100, 600, 0.5, seed=3)
     module = BitmaskInt8Linear.from_dense(w, torch.randn(1100))
     threads = torch.get_num_threads()
@@ -119,7 +114,7 @@ def test_threaded_blocks_and_several_panels(kernel, variant):
 
 @pytest.mark.parametrize("kernel,variant", NATIVE)
 def test_unpack_rows_is_the_dequantized_weight(kernel, variant):
-    _skip_unless(kernel, variant)
+    _skip_unless(kernel)
     w = _pruned(40, 203, 0.5, seed=4)
     module = BitmaskInt8Linear.from_dense(w)
     out = torch.full((23, 203), float("nan"))

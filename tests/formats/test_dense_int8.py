@@ -13,6 +13,7 @@ from prunescope.errors import PrunescopeError
 from prunescope.formats import dense_int8, native
 from prunescope.formats.dense_int8 import dense_int8_matvec
 from prunescope.quantization import QuantOptions, rtn_quantize
+from tests.helpers import skip_unless_kernel
 
 pytestmark = [pytest.mark.native, pytest.mark.usefixtures("one_thread")]
 
@@ -23,12 +24,7 @@ ROWS = [1, 3, 7]
 
 
 def _skip_unless(kernel: str) -> None:
-    if kernel == "torch":
-        return
-    if not dense_int8.HAS_NATIVE:
-        pytest.skip(f"the dense int8 kernel is not built ({native.IMPORT_ERROR or 'old extension'})")
-    if kernel not in native.available_kernels():
-        pytest.skip(f"this CPU lacks {kernel}")
+    skip_unless_kernel(kernel, dense_int8.HAS_NATIVE, "the dense int8 kernel is")
 
 
 def _rtn(out: int, inp: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
