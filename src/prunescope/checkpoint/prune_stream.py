@@ -10,10 +10,12 @@ Calibrated methods, allocations and refinements go decoder block by decoder bloc
 (`prune_calibrated`, through the same driver as the in-memory path).
 Tensors that are not pruned are copied byte for byte, in chunks.
 
-`quantize` (issue 25, RTN only): each pruned weight is quantized after masking (int8: per row; int4: per row
-and group of input columns, so a row block quantizes as the whole layer) and its *dequantized* values are
-written, so any loader reads them; every shard's `__metadata__` names the quantizer and the layers
-(`QUANT_METADATA`), from which `inspect` counts the packed storage the values need.
+Quantization (issue 25): `quantize` (RTN) quantizes each pruned weight after masking (int8: per row; int4:
+per row and group of input columns, so a row block quantizes as the whole layer); GPTQ comes with the spec
+(`spec.quantize`) and runs inside the block pass. The hf layout gets the *dequantized* values, so any loader
+reads them; the sparse layout the codes, scales and zeros (`sparse.py`). Every shard's `__metadata__` names
+the quantizer, its pass, the layers and what the values hold (`QUANT_METADATA`), from which `inspect` counts
+the packed storage an hf checkpoint's values need.
 """
 
 from __future__ import annotations

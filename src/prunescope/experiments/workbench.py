@@ -130,7 +130,10 @@ class Workbench:
         """Calibration samples for a calibrated method, drawn once per (samples, seqlen, seed)."""
         if not spec.needs_calibration:
             return None
-        key = (spec.calib_samples, spec.calib_seqlen, spec.seed)
+        return self._windows(spec.calib_samples, spec.calib_seqlen, spec.seed)
+
+    def _windows(self, samples: int, seqlen: int, seed: int) -> list[torch.Tensor]:
+        key = (samples, seqlen, seed)
         if key not in self._calibration:
             from ..pruning.calibration import calibration_samples
 
@@ -138,9 +141,9 @@ class Workbench:
                 self.loaded.tokenizer,
                 self.config.calib.calibration,
                 self.config.load.model,
-                spec.calib_samples,
-                spec.calib_seqlen,
-                seed=spec.seed,
+                samples,
+                seqlen,
+                seed=seed,
                 text_column=self.config.evaluation.text_column,
             )
         return self._calibration[key]
@@ -202,26 +205,19 @@ class Workbench:
 
     # -- quantized twins (issue 25): `<variant>+<bits>` ---------------------------------------------------
 
-    def _quant_samples(self, spec: PruneSpec) -> list[torch.Tensor]:
-        """GPTQ's calibration windows: the method's own when it has them, else drawn as a calibrated one's."""
-        from ..pruning.calibration import calibration_samples
+    def _gptq_calibration(self, spec: PruneSpec) -> PruneSpec:
+        """`spec` sized for GPTQ's calibration: the method's own windows when it has them, else the study's
+        calibration options (drawn as a calibrated method's)."""
+        if spec.needs_calibration:  # the very windows the method prunes with
+            return spec
+        calib = self.config.calib
+        seqlen = calib.calib_seqlen or self.seqlen
+        return dataclasses.replace(spec, calib_samples=calib.calib_samples, calib_seqlen=seqlen)
 
-        if spec.needs_calibration:  # the very windows the method pruned with
-            samples, seqlen = spec.calib_samples, spec.calib_seqlen
-        else:  # a method without calibration: the study's calibration options
-            samples, seqlen = self.config.calib.calib_samples, self.config.calib.calib_seqlen or self.seqlen
-        key = (samples, seqlen, spec.seed)
-        if key not in self._calibration:
-            self._calibration[key] = calibration_samples(
-                self.loaded.tokenizer,
-                self.config.calib.calibration,
-                self.config.load.model,
-                samples,
-                seqlen,
-                seed=spec.seed,
-                text_column=self.config.evaluation.text_column,
-            )
-        return self._calibration[key]
+    def _quant_samples(self, spec: PruneSpec) -> list[torch.Tensor]:
+        """GPTQ's calibration windows (`_gptq_calibration`)."""
+        sized = self._gptq_calibration(spec)
+        return self._windows(sized.calib_samples, sized.calib_seqlen, sized.seed)
 
     def _twin_options(self, twins: list[str], pruned: list[str]) -> dict:
         """The quantizer of each twin's `+<bits>`, validated against the twins' formats and layer shapes."""
@@ -304,17 +300,6 @@ class Workbench:
                 timings[f"variant_{twin}"] = time.perf_counter() - start
         return results
 
-    def _gptq_spec(self, spec: PruneSpec, options) -> PruneSpec:
-        """`spec` with GPTQ in its block pass; a method without calibration of its own calibrates GPTQ on
-        the study's calibration options (the windows `_quant_samples` draws for it)."""
-        if spec.needs_calibration:  # the very windows the method prunes with
-            return dataclasses.replace(spec, quantize=options)
-        calib = self.config.calib
-        seqlen = calib.calib_seqlen or self.seqlen
-        return dataclasses.replace(
-            spec, quantize=options, calib_samples=calib.calib_samples, calib_seqlen=seqlen
-        )
-
     def gptq_in_pass_twins(
         self, twins: list[str], spec: PruneSpec, timings: dict[str, float] | None = None
     ) -> dict[str, VariantResult]:
@@ -329,7 +314,7 @@ class Workbench:
         results: dict[str, VariantResult] = {}
         pruned = list(self.layers)
         for name, options in self._twin_options(twins, pruned).items():
-            in_pass = self._gptq_spec(spec, options)
+            in_pass = dataclasses.replace(self._gptq_calibration(spec), quantize=options)
             record = prune(
                 self.model, self.layers, in_pass, self.calibration(in_pass), progress=self.progress
             )
