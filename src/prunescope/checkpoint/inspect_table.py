@@ -6,6 +6,8 @@ first owner, embedding lookups 0 FLOPs, a dense projection 2·in·out FLOPs per 
 tensor is read once, on its own, to count its non-zeros. A `prune --quantize` checkpoint holds dequantized
 values (their disk bytes in `stored_bytes`); its header names the quantizer, so `weight_bytes` and
 `bits_per_weight` of those layers give the packed storage (codes, scales, zeros) the values need.
+A sparse-layout checkpoint (`prune --format sparse`) has each pruned weight as the parts its manifest names
+(`inspect_sparse`): one "bitmask" weight at the bytes of its parts, its nnz from the manifest.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..structure import (
     group_table,
     tied_to,
 )
+from .inspect_sparse import claim_parts, count_mask_bits, sparse_columns, sparse_weights
 from .model_map import map_tensors, meta_model
 from .safetensors_io import Checkpoint
 
@@ -88,6 +91,9 @@ def inspect_checkpoint(
     checkpoint = Checkpoint(source)
     model = meta_model(source)
     mapping = map_tensors(model, checkpoint)
+    quantization = _quantization(checkpoint.metadata)
+    sparse = sparse_weights(source, checkpoint, quantization[0].method if quantization else "rtn")
+    claim_parts(mapping, sparse)
     nonzero_of = _nonzero_counter(checkpoint, count_zeros)
     owners: dict[int, str] = {}
     rows = []
@@ -97,7 +103,10 @@ def inspect_checkpoint(
         params = nonzero = nbytes = 0
         weight_entry = None
         weight_tied = False
+        stored = sparse.get(info.name)
         for pname, param in module.named_parameters(recurse=False):
+            if stored is not None and pname == "weight":
+                continue  # stored as the sparse layout's parts: counted below
             full = f"{info.name}.{pname}"
             tensor = mapping.to_checkpoint.get(full)
             entry = checkpoint.entries.get(tensor) if tensor else None
@@ -114,6 +123,15 @@ def inspect_checkpoint(
             counted = nonzero_of(entry.name)
             nonzero += entry.numel if counted is None else counted
             nbytes += entry.nbytes
+        if stored is not None:
+            nnz = count_mask_bits(checkpoint, stored) if count_zeros else stored.nnz
+            row.update(sparse_columns(info, stored, nnz))
+            row.update(
+                params=params + stored.weights, nonzero=nonzero + nnz, stored_bytes=nbytes + stored.nbytes
+            )
+            row["sparsity"] = 1.0 - row["nonzero"] / row["params"] if row["params"] else 0.0
+            rows.append(row)
+            continue
         weights = 0 if (weight_entry is None or weight_tied) else weight_entry.numel
         weight_nonzero = 0
         if weight_entry is not None:
@@ -164,12 +182,11 @@ def inspect_checkpoint(
                 "tied_to": "",
             }
         )
-    quantization = _quantization(checkpoint.metadata)
     checkpoint.close()
     if quantization is not None:  # `prune --quantize`: weight bytes at the packed storage the values need
         options, quantized = quantization
         for row in rows:
-            if row["module"] in quantized and row["weights"]:
+            if row["module"] in quantized and row["weights"] and row["module"] not in sparse:
                 out_features, in_features = (int(d) for d in row["shape"].split("x"))
                 nnz = row["weight_nonzero"] if count_zeros else row["weights"]
                 dtype = getattr(torch, row["dtype"])
@@ -181,9 +198,10 @@ def inspect_checkpoint(
         8 * b / w if w else float("nan")
         for b, w in zip(layers["weight_bytes"], layers["weights"], strict=True)
     ]
-    # The default prunable projections, so an audit (--zeros) reports their sparsity on its own.
+    # The default prunable projections, so an audit (--zeros) reports their sparsity on its own; in the
+    # sparse layout, the layers its manifest says were pruned.
     prunable = layers[layers["group"].isin(DEFAULT_PRUNABLE_GROUPS) & (layers["tied_to"] == "")]
-    summary = global_summary(layers, list(prunable["module"]))
+    summary = global_summary(layers, list(sparse) if sparse else list(prunable["module"]))
     summary.update(
         source=str(source),
         model_type=getattr(model.config, "model_type", None),
@@ -199,8 +217,12 @@ def inspect_checkpoint(
     if context_length:
         summary["attention_score_flops_per_token"] = attention_score_flops(model, context_length)
         summary["context_length"] = context_length
+    if sparse:
+        summary.update(layout="sparse", pruned_layer_nonzero_from="mask bits" if count_zeros else "manifest")
     if not count_zeros:
         # Without reading the weights every weight counts as non-zero; say so rather than report 0 sparsity.
+        # (The sparse layout's manifest gives its pruned layers' nnz: their sparsity is known.)
         for key in ("nonzero", "sparsity", "nonzero_flops_per_token", "pruned_layer_sparsity"):
-            summary[key] = None
+            if not (sparse and key == "pruned_layer_sparsity"):
+                summary[key] = None
     return Inspection(layers, group_table(layers), summary, list(mapping.unmapped), list(mapping.missing))

@@ -23,7 +23,8 @@ def inspect(
 ) -> None:
     """Structure of a safetensors checkpoint from its headers: shapes, params, bytes, FLOPs per group.
 
-    With --out: layers.csv, groups.csv and summary.json."""
+    A sparse-layout folder (prune --format sparse) is read through its manifest: each pruned weight is one
+    bitmask row at the bytes of its stored parts. With --out: layers.csv, groups.csv and summary.json."""
     from ..checkpoint import inspect_checkpoint
     from ..models import local_checkpoint
     from ..report.output import atomic_directory, check_output, write_json
@@ -32,9 +33,12 @@ def inspect(
     if out is not None:
         check_output(out, overwrite)
     result = inspect_checkpoint(local_checkpoint(model), count_zeros=zeros, context_length=context)
+    sparse_layout = result.summary.get("layout") == "sparse"
     if layers:
         table = Table(title=f"{model}: layers")
         columns = ["module", "group", "shape", "dtype", "params", "stored_bytes", "bits_per_weight"]
+        # The sparse layout mixes stored forms: say which one each row is (bitmask, bitmask+int4, dense).
+        columns[4:4] = ["format"] if sparse_layout else []
         columns += ["flops_per_token"]
         columns += ["sparsity"] if zeros else []
         for name in columns:
@@ -44,6 +48,8 @@ def inspect(
         for _, row in result.layers.iterrows():
             cells = [f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in columns]
             cells[columns.index("bits_per_weight")] = f"{row['bits_per_weight']:.3g}"
+            if sparse_layout:
+                cells[columns.index("format")] = "+".join(filter(None, (row["format"], row["quantization"])))
             if zeros:
                 cells[-1] = f"{row['sparsity']:.3f}"
             if row["tied_to"]:
@@ -74,11 +80,19 @@ def inspect(
     line = (
         f"params {s['params']:,}  bytes {size_text(s['stored_bytes'])}  FLOPs/token {s['flops_per_token']:,}"
         f"  bits/weight {s['bits_per_weight']:.3g} (prunable layers {s['pruned_layer_bits_per_weight']:.3g}"
-        + (f", {s['quantization']} values" if s["quantization"] != "none" else "")
+        + (
+            f", {s['quantization']} {'codes' if sparse_layout else 'values'}"
+            if s["quantization"] != "none"
+            else ""
+        )
         + ")"
     )
     if zeros:
         line += f"  sparsity {s['sparsity']:.4f}  prunable-layer sparsity {s['pruned_layer_sparsity']:.4f}"
+    if sparse_layout:
+        line += f"  sparse layout: {s['pruned_layers']} bitmask layers"
+        line += f", sparsity {s['pruned_layer_sparsity']:.4f}" if not zeros else ""
+        line += f" (nnz from the manifest{', checked against the mask bits' if zeros else ''})"
     if s["tied"]:
         line += f"  tied: {', '.join(f'{k} -> {v}' for k, v in s['tied'].items())}"
     console.print(line + f"  ({s['seconds']:.2f} s)")
