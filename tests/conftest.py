@@ -11,6 +11,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Triton fixes at its first import whether it interprets kernels: without a GPU the suite runs the Triton
+# kernels on the CPU through its interpreter (tests/formats/test_triton_bitmask.py); with one, compiled.
+if "triton" not in __import__("sys").modules and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from tests.helpers import make_tokenizer, tiny_opt  # noqa: E402
 
 

@@ -107,6 +107,7 @@ def test_semi_structured_refuses_old_gpus_and_other_dtypes_in_one_line(monkeypat
 
 def test_every_format_but_two_four_accepts_cuda_and_auto_picks_among_the_cuda_ones():
     from prunescope.formats.auto import CANDIDATES, CUDA_CANDIDATES, choose_format, default_candidates
+    from prunescope.formats.gpu import triton_bitmask
 
     for name in ("bitmask", "csr16", "auto"):  # static checks: no GPU needed to say yes
         check_format_support(name, torch.float16, "cuda")
@@ -118,7 +119,13 @@ def test_every_format_but_two_four_accepts_cuda_and_auto_picks_among_the_cuda_on
     weight[torch.rand(32, 64) < 0.8] = 0
     bias = torch.randn(32)
     module = choose_format(weight, bias, n_tokens=(1, 4), candidates=CUDA_CANDIDATES, repeats=2, cache="hot")
-    assert module.auto_choice in CUDA_CANDIDATES and set(module.auto_timings) == set(CUDA_CANDIDATES)
+    # the Triton kernel is a candidate only where it can run (CUDA, or the CPU under TRITON_INTERPRET=1)
+    try:
+        triton_bitmask.check_usable(weight.device)
+        runnable = set(CUDA_CANDIDATES)
+    except PrunescopeError:
+        runnable = set(CUDA_CANDIDATES) - {"bitmask-triton"}
+    assert module.auto_choice in runnable and set(module.auto_timings) == runnable
     x = torch.randn(3, 64)
     torch.testing.assert_close(module(x), torch.nn.functional.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
 

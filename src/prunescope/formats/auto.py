@@ -1,7 +1,8 @@
 """Per-layer `auto` format: measure dense / bitmask / csr16 on the real shape, token count and sparsity.
 
-On a CUDA device the candidates are the formats with a CUDA path (dense, bitmask, csr16, csr), timed with
-CUDA events, and "cold" flushes the GPU's L2 (see `hardware.timing`).
+On a CUDA device the candidates are the formats with a CUDA path (dense, bitmask on its torch path and on
+its Triton kernel, csr16, csr), timed with CUDA events, and "cold" flushes the GPU's L2 (see
+`hardware.timing`).
 
 Which format wins depends on things a formula gets wrong on a given machine (whether the weight stays in
 cache, memory bandwidth, n, the sparsity pattern), so each layer is timed with interleaved repeats and the
@@ -35,11 +36,13 @@ from .base import SparseFormat, clone_module
 from .bitmask import BitmaskLinear
 from .csr import CSRLinear
 from .csr16 import MAX_IN_FEATURES, CSR16Linear
+from .gpu import triton_bitmask
 
 CANDIDATES = ("dense", "bitmask", "csr16")
-# On a GPU the native kernels' strengths (a register-expanded bitmask) do not apply, and cuSPARSE's CSR
-# is one more candidate: each runs its device-resident path and the timer decides.
-CUDA_CANDIDATES = ("dense", "bitmask", "csr16", "csr")
+# On a GPU the native kernels do not run: bitmask is timed on its torch path and, where Triton is
+# installed, on its Triton kernel ("bitmask-triton", `formats.gpu`), and cuSPARSE's CSR is one more
+# candidate; the timer decides.
+CUDA_CANDIDATES = ("dense", "bitmask", "bitmask-triton", "csr16", "csr")
 KNOWN = tuple(dict.fromkeys(CANDIDATES + CUDA_CANDIDATES))
 # At the token counts after the first (prefill), a sparse choice must keep this fraction of dense's speed
 # on its own layer.  0.90, not 0.95: at 512 tokens bitmask panels and dense do the same GEMM, so a layer's
@@ -62,6 +65,12 @@ def _build(name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Mod
         return dense
     if name == "bitmask":
         return BitmaskLinear.from_dense(weight, bias)
+    if name == "bitmask-triton":
+        try:
+            triton_bitmask.check_usable(weight.device)
+        except PrunescopeError:  # no Triton here, or a device it does not compile for: not a candidate
+            return None
+        return BitmaskLinear.from_dense(weight, bias, kernel="triton")
     if name == "csr16":
         return CSR16Linear.from_dense(weight, bias) if weight.shape[1] <= MAX_IN_FEATURES else None
     if name == "csr":

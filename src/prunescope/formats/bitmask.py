@@ -102,7 +102,9 @@ def native_linear_impl(torch_path, native_path):
     (x, values, index, row_offsets, bias, in_features), the native one the resolved kernel too."""
 
     def impl(x, values, index, row_offsets, bias, in_features: int, kernel: str) -> torch.Tensor:
-        name = native.resolve_kernel(kernel or None) if values.is_cpu else "torch"
+        # compiled graphs (the only callers of the op) trace the torch path off the CPU and for "triton"
+        off_native = not values.is_cpu or native.wants_triton(kernel or None)
+        name = "torch" if off_native else native.resolve_kernel(kernel or None)
         if name == "torch":
             return torch_path(x, values, index, row_offsets, bias, in_features).float()
         return native_path(x, values, index, row_offsets, bias, in_features, name)
@@ -136,7 +138,8 @@ bitmask_linear = native_linear_op("bitmask_linear", "mask", _bitmask_linear_impl
 @dataclass(frozen=True)
 class NativeOptions:
     """`kernel` pins a CPU path ("avx512", "avx2", "scalar", or "torch": the device-resident path every
-    other device runs); None defers to `$PRUNESCOPE_KERNEL` or the best one available, at each call."""
+    other device runs) or, for the formats that have one, the GPU's "triton" kernel (`formats.gpu`); None
+    defers to `$PRUNESCOPE_KERNEL` or the best one available, at each call."""
 
     kernel: str | None = None
 
@@ -150,6 +153,7 @@ class NativeFormat:
     option, where they run, and `from_dense`'s checks before the format's own `_from_weight`."""
 
     Options = NativeOptions
+    has_triton: ClassVar[bool] = False  # a Triton kernel in `formats.gpu` reads this format's storage
 
     @classmethod
     def check_support(cls, dtype: torch.dtype, device: torch.device | str) -> None:
@@ -175,6 +179,17 @@ class NativeFormat:
         for name, tensor in buffers.items():
             self.register_buffer(name, tensor)
         self._buffers_changed()
+
+    def resolve_path(self, on_cpu: bool) -> str:
+        """The path a call takes: "triton" when `kernel` (else `$PRUNESCOPE_KERNEL`) asks for it and the
+        format has one; else a native ISA on the CPU (or "torch" when forced) and "torch" elsewhere.  An
+        explicit `kernel="triton"` on a format without a Triton path is an error; the variable is not."""
+        if native.wants_triton(self.kernel):
+            if self.has_triton:
+                return native.TRITON
+            if self.kernel is not None:
+                raise PrunescopeError(f"{self.format_name} has no Triton kernel; it runs 'torch' off the CPU")
+        return native.resolve_kernel(self.kernel) if on_cpu else "torch"
 
 
 def _reloaded(module: NativeFormat, _incompatible_keys) -> None:
@@ -233,8 +248,8 @@ class BufferedSparseLinear(NativeFormat, SparseLinear):
 
     @property
     def path(self) -> str:
-        """The path a call takes now: a native ISA on CPU (or "torch" when forced), "torch" elsewhere."""
-        return native.resolve_kernel(self.kernel) if self._on_cpu else "torch"
+        """The path a call takes now (see `NativeFormat.resolve_path`)."""
+        return self.resolve_path(self._on_cpu)
 
     @property
     def nnz(self) -> int:
@@ -263,6 +278,9 @@ class BufferedSparseLinear(NativeFormat, SparseLinear):
     def _native(self, x2: torch.Tensor, kernel: str) -> torch.Tensor:
         return self._native_matmul(x2, *self._layout, self._bias32, self.in_features, kernel, checked=True)
 
+    def _triton(self, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def _op(self, x2: torch.Tensor) -> torch.Tensor:
         return self._linear_op(x2, *self._layout, self.bias, self.in_features, self.kernel or "")
 
@@ -271,7 +289,9 @@ class BufferedSparseLinear(NativeFormat, SparseLinear):
             return self._op(x2)  # compiled graphs call the custom op, which checks everything itself
         # Eager calls skip the custom-op dispatcher (tens of microseconds a call).
         path = self.path
-        return self._torch(x2) if path == "torch" else self._native(x2, path)
+        if path == "torch":
+            return self._torch(x2)
+        return self._triton(x2) if path == native.TRITON else self._native(x2, path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rows_forward(x, self._run)
@@ -287,6 +307,7 @@ class BitmaskLinear(BufferedSparseLinear):
 
     format_name = "bitmask"
     index_name = "mask"
+    has_triton = True
     _native_matmul = staticmethod(native.bitmask_matmul)
     _linear_op = staticmethod(bitmask_linear)
 
@@ -314,3 +335,12 @@ class BitmaskLinear(BufferedSparseLinear):
 
     def _torch(self, x2: torch.Tensor) -> torch.Tensor:
         return bitmask_torch(x2, self.values, self.mask, self.bias, self.in_features, self._blocks)
+
+    def _triton(self, x2: torch.Tensor) -> torch.Tensor:
+        from .gpu import triton_bitmask
+
+        if x2.shape[0] > triton_bitmask.MAX_TOKENS:  # prefill: expand once, one GEMM (see formats.gpu)
+            return self._torch(x2)
+        return triton_bitmask.bitmask_matmul(
+            x2, self.values, self.mask, self.row_offsets, self.bias, self.in_features
+        )

@@ -58,6 +58,7 @@ class BitmaskInt8Linear(NativeFormat, SparseLinear):
     accumulation is float32."""
 
     format_name = "bitmask-int8"
+    has_triton = True
     lossless = False  # to_dense() is the dequantized weight: `convert` keeps the originals for revert
 
     def __init__(
@@ -158,10 +159,10 @@ class BitmaskInt8Linear(NativeFormat, SparseLinear):
 
     @property
     def path(self) -> str:
-        """The path a call takes now: a native ISA on CPU (or "torch" when forced), "torch" elsewhere."""
-        if not (self._on_cpu and HAS_NATIVE):
-            return "torch"
-        return native.resolve_kernel(self.kernel)
+        """The path a call takes now (see `NativeFormat.resolve_path`); "torch" on a CPU whose extension
+        was built before these kernels."""
+        path = self.resolve_path(self._on_cpu)
+        return "torch" if path != native.TRITON and self._on_cpu and not HAS_NATIVE else path
 
     @property
     def nnz(self) -> int:
@@ -272,10 +273,21 @@ class BitmaskInt8Linear(NativeFormat, SparseLinear):
 
         return native.panel_matmul(x2, self.out_features, self.in_features, self._bias32, unpack)
 
+    def _triton(self, x2: torch.Tensor) -> torch.Tensor:
+        from .gpu import triton_bitmask
+
+        if x2.shape[0] > triton_bitmask.MAX_TOKENS:  # prefill: dequantize once, one GEMM
+            return self._torch(x2)
+        return triton_bitmask.bitmask_matmul(
+            x2, self.values, self.mask, self.row_offsets, self.bias, self.in_features, self.scales
+        )
+
     def _run(self, x2: torch.Tensor) -> torch.Tensor:
         # compiled graphs trace the torch path
         path = "torch" if torch.compiler.is_compiling() else self.path
-        return self._torch(x2) if path == "torch" else self._native(x2, path)
+        if path == "torch":
+            return self._torch(x2)
+        return self._triton(x2) if path == native.TRITON else self._native(x2, path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rows_forward(x, self._run)

@@ -31,7 +31,9 @@ except ImportError as _error:  # no compiler at install time, or a foreign platf
     IMPORT_ERROR = str(_error)
 
 ENV_VAR = "PRUNESCOPE_KERNEL"
-KERNELS = ("avx512", "avx2", "scalar", "torch")
+KERNELS = ("avx512", "avx2", "scalar", "torch", "triton")
+# The GPU kernel of the formats that have one (`formats.gpu`); the native CPU paths never take it.
+TRITON = "triton"
 _ISA = {"scalar": 0, "avx2": 1, "avx512": 2}
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 # csr16 with more tokens than this transposes x, so each non-zero is one broadcast FMA over 16 tokens;
@@ -68,9 +70,25 @@ def best_kernel() -> str:
     return _AVAILABLE[0]
 
 
+def env_kernel() -> str | None:
+    """``$PRUNESCOPE_KERNEL`` as given (None when unset or empty)."""
+    return os.environ.get(ENV_VAR) or None
+
+
+def wants_triton(kernel: str | None) -> bool:
+    """Whether `kernel`, else ``$PRUNESCOPE_KERNEL``, asks for the Triton path."""
+    name = kernel or env_kernel()
+    return name is not None and name.strip().lower() == TRITON
+
+
 def resolve_kernel(kernel: str | None = None) -> str:
-    """The path a call uses: the argument, else ``$PRUNESCOPE_KERNEL``, else the best one available."""
-    name = kernel or os.environ.get(ENV_VAR) or _AVAILABLE[0]
+    """The native CPU path a call uses: the argument, else ``$PRUNESCOPE_KERNEL``, else the best one
+    available.  ``$PRUNESCOPE_KERNEL=triton`` concerns the formats with a Triton path only (see
+    `formats.bitmask.NativeFormat.resolve_path`): here it means the best native path."""
+    env = env_kernel()
+    if env is not None and env.strip().lower() == TRITON:
+        env = None
+    name = kernel or env or _AVAILABLE[0]
     if name in _AVAILABLE:  # the per-call fast path
         return name
     name = name.strip().lower()
@@ -80,6 +98,8 @@ def resolve_kernel(kernel: str | None = None) -> str:
         raise PrunescopeError(
             f"unknown kernel {name!r} (from {ENV_VAR} or argument); choose one of {KERNELS}"
         )
+    if name == TRITON:
+        raise PrunescopeError("the Triton kernel is a GPU path of the bitmask formats, not a native CPU one")
     if name not in available_kernels():
         why = f"the native extension is not built ({IMPORT_ERROR})" if _ext is None else "this CPU lacks it"
         raise PrunescopeError(f"kernel {name!r} is not available: {why}")
