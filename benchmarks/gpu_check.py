@@ -70,6 +70,7 @@ class Run:
     name: str
     args: list[str]
     timeout: float = 240
+    env: dict[str, str] = field(default_factory=dict)  # on top of os.environ and ENV
     code: int | None = None
     seconds: float = 0.0
     tail: str = ""
@@ -97,7 +98,7 @@ def run(command: Run, deadline: float) -> Run:
         done = subprocess.run(
             argv,
             cwd=ROOT,
-            env={**os.environ, **ENV},
+            env={**os.environ, **ENV, **command.env},
             capture_output=True,
             text=True,
             timeout=min(command.timeout, left),
@@ -207,10 +208,12 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
         command = runs[0]
         # pytest exits 5 when it collected nothing: the CUDA test files are missing here
         return [
-            Row("pytest tests/hardware/test_cuda*.py", "all passed", last_line(command), command.code == 0)
+            Row("pytest test_cuda*.py test_triton*.py", "all passed", last_line(command), command.code == 0)
         ]
 
     tests = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_cuda*.py"))
+    # the Triton kernel's tests run compiled on the GPU here (on the CPU they run interpreted)
+    tests += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_triton*.py"))
     # never a bare `pytest`: without test files it would run the whole suite
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
     missing = [sys.executable, "-c", "raise SystemExit('no tests/hardware/test_cuda*.py here')"]
@@ -416,7 +419,7 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
         )
     )
 
-    def bench_rows(folder: Path, label: str, tokens: tuple[str, ...]) -> list[Row]:
+    def bench_rows(folder: Path, label: str, tokens: tuple[str, ...], suffix: str = "") -> list[Row]:
         data = json.loads((folder / "latency.json").read_text())
         text = json.dumps(data)
         import torch
@@ -441,7 +444,12 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
                 else:  # every format must run on the GPU: not measured is a failure
                     measured, ok = ", ".join(sorted({r.get("status", "?") for r in picked})), False
                 rows.append(
-                    Row(f"{label}: {fmt} speedup vs dense, n={n}", "measured (geo. mean)", measured, ok)
+                    Row(
+                        f"{label}: {fmt}{suffix} speedup vs dense, n={n}",
+                        "measured (geo. mean)",
+                        measured,
+                        ok,
+                    )
                 )
         return rows
 
@@ -475,6 +483,24 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
             ],
         )
     ]
+    # the bitmask formats on their Triton kernel (opt-in, formats/gpu): the measurement that says whether
+    # it pays against dense and against their torch path above (at 64 tokens bitmask takes the torch path)
+    triton_bench = [
+        *bench,
+        "--sparsity",
+        "0.5",
+        "--formats",
+        "dense,bitmask,bitmask-int8",
+        "--tokens",
+        "1,64",
+    ]
+    bench_runs.append(
+        Run(
+            "bench demo cuda triton",
+            [*triton_bench, "--out", str(work / "bench-triton")],
+            env={"PRUNESCOPE_KERNEL": "triton"},
+        )
+    )
     if capability >= (8, 0):
         bench_runs.append(
             Run(
@@ -495,7 +521,8 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
 
     def bench_judge(runs: list[Run]) -> list[Row]:
         rows = bench_rows(work / "bench", "bench demo", ("1", "64"))
-        if len(runs) > 1:
+        rows += bench_rows(work / "bench-triton", "bench demo", ("1", "64"), " (triton)")
+        if len(runs) > 2:
             rows += bench_rows(work / "bench24", "bench demo 2:4", ("512",))
         return rows
 
@@ -612,6 +639,7 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
         )
         rows += prune_rows(work / "syn-pruned", "prune synthetic sparsegpt cuda")
         rows += bench_rows(work / "syn-bench", "bench synthetic", ("1", "64"))
+        rows += bench_rows(work / "syn-bench-triton", "bench synthetic", ("1",), " (triton)")
         return rows
 
     syn_eval = [
@@ -706,6 +734,30 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
                         str(work / "syn-bench"),
                     ],
                 ),
+                Run(
+                    "bench synthetic cuda triton",
+                    [
+                        "prunescope",
+                        "bench",
+                        "--model",
+                        str(syn),
+                        "--no-progress",
+                        "--overwrite",
+                        *cuda,
+                        "--layers-only",
+                        "--min-time",
+                        "0.05",
+                        "--sparsity",
+                        "0.5",
+                        "--formats",
+                        "dense,bitmask",
+                        "--tokens",
+                        "1",
+                        "--out",
+                        str(work / "syn-bench-triton"),
+                    ],
+                    env={"PRUNESCOPE_KERNEL": "triton"},
+                ),
             ],
             safely(synthetic_rows),
         )
@@ -755,7 +807,8 @@ def main() -> None:
                     if command.args[: len(CLI)] == CLI
                     else command.args
                 )
-                print(f"  [{check.name}] {command.name}: {' '.join(shown)}"[:400])
+                env = "".join(f"{k}={v} " for k, v in command.env.items())
+                print(f"  [{check.name}] {command.name}: {env}{' '.join(shown)}"[:400])
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
         return
