@@ -116,9 +116,12 @@ def _refine_rows(
         candidates = m & ~t & (sign * c > 0)
         best, j = torch.where(candidates, sign * regrow_score[rows_left], -inf).max(1)
         has_j = torch.isfinite(best)
-        r = c.gather(1, j.unsqueeze(1)).to(torch.float64)
-        after = e.unsqueeze(1) - r + c.to(torch.float64)
-        partners = ~m & ~t & (after.abs() < e.abs().unsqueeze(1)) & has_j.unsqueeze(1)
+        # The row's error once j is regrown, in float64; each partner's error after the swap is compared in
+        # float32: that (rows x cols) tensor is the work of a cycle, and float64 runs at 1/32 of float32's
+        # speed on consumer GPUs. The kept per-row error is updated in float64 below.
+        base = e - c.gather(1, j.unsqueeze(1)).squeeze(1).to(torch.float64)
+        after = base.to(torch.float32).unsqueeze(1) + c
+        partners = ~m & ~t & (after.abs() < e.abs().to(torch.float32).unsqueeze(1)) & has_j.unsqueeze(1)
         if group is not None:
             partners &= group.unsqueeze(0) == (j // spec.pattern.m).unsqueeze(1)
         low, k = torch.where(partners, importance[rows_left], inf).min(1)
@@ -129,7 +132,7 @@ def _refine_rows(
         touched[swapped, k[swap]] = True
         # A regrown weight, or a candidate that found no partner, is not considered again.
         touched[rows_left[has_j], j[has_j]] = True
-        e = torch.where(swap, after.gather(1, k.unsqueeze(1)).squeeze(1), e)
+        e = torch.where(swap, base + c.gather(1, k.unsqueeze(1)).squeeze(1).to(torch.float64), e)
         error[rows_left] = e
         swaps += int(swap.sum())
         active[rows_left] = has_j & (e.abs() > options.threshold)
