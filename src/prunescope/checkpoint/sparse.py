@@ -135,8 +135,9 @@ class SparseOutput:
         from ..formats.bitmask import pack_bitmask
 
         current = self._current
-        stored = quantized.nonzero()  # the weights that dequantize to non-zero values: the pruned ones not
-        current["codes"].append(quantized.codes()[stored])
+        codes = quantized.codes()
+        stored = quantized.nonzero(codes)  # the weights that dequantize to non-zero values: pruned ones not
+        current["codes"].append(codes[stored])
         current["masks"].append(pack_bitmask(stored))
         current["rows"].append(stored.sum(1, dtype=torch.int64))
         current["scales"].append(quantized.scales)

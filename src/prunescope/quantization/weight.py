@@ -80,9 +80,10 @@ class QuantizedWeight:
         dense = self.quantizer.dequantize(self.codes().float(), scale, zero)
         return dense.to(dtype or self.scales.dtype)
 
-    def nonzero(self) -> torch.Tensor:
-        """(out, in) bool: weights that dequantize to a non-zero value."""
-        codes = self.codes()
+    def nonzero(self, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """(out, in) bool: weights that dequantize to a non-zero value; `codes`: `self.codes()`, when the
+        caller has them already (unpacking is a pass over the weight)."""
+        codes = self.codes() if codes is None else codes
         if self.zeros is None:
             return codes != 0
         return codes != self.zeros.to(torch.int32).repeat_interleave(self.group_size, dim=1)

@@ -10,7 +10,7 @@ from ..registry import register_method
 def random_scores(weight: torch.Tensor, seed: int, index: int) -> torch.Tensor:
     # One generator per layer, seeded from (seed, layer index): scores are recomputed identically on every
     # pass of the streaming global selection, and do not depend on which other layers are pruned. Drawn on
-    # the CPU and copied, so a seed gives the same mask on every device (a CUDA generator draws other numbers).
+    # the CPU and copied: a seed gives the same mask on every device (a CUDA generator draws other numbers).
     generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
     return torch.rand(weight.shape, generator=generator).to(weight.device)
 
