@@ -149,6 +149,18 @@ def _kernel(interpret: bool):
         return triton.autotune(configs, key=["out_features", "in_features", "BLOCK_N"])(bitmask_matmul)
 
 
+@functools.cache
+def _has_tf32(device: torch.device) -> bool:
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def _precision(operand: torch.dtype, device: torch.device) -> str:
+    """tl.dot's input precision: fp16/bf16 values are exact in tf32 (10 mantissa bits, 8 exponent bits),
+    so tensor cores may take them where the GPU has tf32 (compute capability >= 8.0); float32 operands, and
+    GPUs before Ampere (a T4), multiply in full float32."""
+    return "tf32" if operand != torch.float32 and _has_tf32(device) else "ieee"
+
+
 def bitmask_matmul(
     x: torch.Tensor,
     values: torch.Tensor,
@@ -194,7 +206,7 @@ def bitmask_matmul(
         mask.shape[1],
         HAS_SCALES=scales is not None,
         HAS_BIAS=bias is not None,
-        PRECISION="ieee" if operand == torch.float32 else "tf32",
+        PRECISION=_precision(operand, x.device),
         BLOCK_N=block_n,
         **blocks,
     )
