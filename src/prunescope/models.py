@@ -97,6 +97,14 @@ def check_weights(folder: str | Path) -> None:
         check_whole(file, read_header(file)[0])
 
 
+def sparse_layout_model(folder: str | Path, dtype: torch.dtype) -> nn.Module | None:
+    """The model of a folder in prunescope's sparse layout (`prune --format sparse`), rebuilt dense on the
+    CPU at `dtype` (`checkpoint.sparse_load`); None for any other folder, which `from_pretrained` reads."""
+    from .checkpoint.sparse_load import is_sparse_layout, load_sparse_layout
+
+    return load_sparse_layout(folder, dtype) if is_sparse_layout(folder) else None
+
+
 def local_checkpoint(model: str) -> Path:
     """The folder or .safetensors file of `model` on disk, for commands that read safetensors directly.
 
@@ -165,13 +173,47 @@ def _config(path: str, model: str, local: bool):
         raise PrunescopeError(f"cannot read the config of {model!r}: {first_line(error)}") from None
 
 
+def _hub_tokenizer(model: str, path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as error:
+        raise _unreadable(model, path, False, error) from None
+    except ValueError as error:
+        raise PrunescopeError(f"{model!r} is not a causal language model: {first_line(error)}") from None
+
+
+def _pretrained(model: str, path: str, local: bool, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """`from_pretrained` of `path`, placed on `device`; load errors become one PrunescopeError."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(path, **_placement(dtype, device))
+    except OSError as error:
+        raise _unreadable(model, path, local, error) from None
+    except ValueError as error:
+        raise PrunescopeError(f"{model!r} is not a causal language model: {first_line(error)}") from None
+    except Exception as error:
+        # A damaged file on disk (tokenizer.json, weights) surfaces as whatever its parser raises.
+        if not local:
+            raise
+        raise PrunescopeError(
+            f"cannot load model from {path!r}: {type(error).__name__}: {first_line(error)}"
+        ) from None
+    if device.type != "cuda":
+        loaded.to(device)  # CUDA: already there (loaded with a device_map)
+    return loaded
+
+
 def load_model(model: str = "demo", dtype: str = "auto", device: str = "auto") -> LoadedModel:
     """Load through `from_pretrained` whatever `model` names; errors become one clear PrunescopeError.
 
     `device` and `dtype` as device.resolve_device / choose_dtype decide (`auto`: CUDA, then MPS, then CPU;
     the checkpoint's dtype where that device runs it natively); on CUDA the weights load straight onto
-    the GPU. `LoadedModel.dtype_reason` says why the dtype."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    the GPU. A folder in prunescope's sparse layout (`prune --format sparse`) is rebuilt dense
+    (`sparse_layout_model`) and moved there whole. `LoadedModel.dtype_reason` says why the dtype."""
+    from transformers import AutoTokenizer
 
     source = resolve_model(model)
     resolved_device = resolve_device(device)
@@ -190,23 +232,14 @@ def load_model(model: str = "demo", dtype: str = "auto", device: str = "auto") -
             raise PrunescopeError(
                 f"cannot load the tokenizer from {path!r}: {type(error).__name__}: {first_line(error)}"
             ) from None
-    try:
+    sparse = sparse_layout_model(path, resolved_dtype) if local else None
+    if sparse is not None:
+        # `from_pretrained` cannot read the sparse layout: it is rebuilt on the CPU, then moved there whole.
+        loaded = sparse.to(resolved_device)
+    else:
         if not local:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        loaded = AutoModelForCausalLM.from_pretrained(path, **_placement(resolved_dtype, resolved_device))
-    except OSError as error:
-        raise _unreadable(model, path, local, error) from None
-    except ValueError as error:
-        raise PrunescopeError(f"{model!r} is not a causal language model: {first_line(error)}") from None
-    except Exception as error:
-        # A damaged file on disk (tokenizer.json, weights) surfaces as whatever its parser raises.
-        if not local:
-            raise
-        raise PrunescopeError(
-            f"cannot load model from {path!r}: {type(error).__name__}: {first_line(error)}"
-        ) from None
-    if resolved_device.type != "cuda":
-        loaded.to(resolved_device)  # CUDA: already there (loaded with a device_map)
+            tokenizer = _hub_tokenizer(model, path)
+        loaded = _pretrained(model, path, local, resolved_dtype, resolved_device)
     own_storage(loaded)  # weights we prune and swap must be ours to write and free, not the file's
     loaded.eval()
     loaded.requires_grad_(False)

@@ -11,6 +11,10 @@ is the evaluated model loaded — never both at once.
 On a GPU (`--device cuda`, or `auto` where CUDA is): without `--max-memory`, accelerate sizes each device
 itself (the free memory of every GPU, then host RAM, then disk), so a model that fits on the GPU runs there
 whole; batches go to the device of the first module that runs (the input embedding's).
+
+A checkpoint in prunescope's sparse layout (`prune --format sparse`) has no file `from_pretrained` reads: it
+is rebuilt whole in host memory (`models.sparse_layout_model`), then placed by accelerate under the same
+budget (`dispatch`); on the CPU it stays as it is, so --max-memory does not bound its host memory.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import nn
 
 from ..device import choose_dtype, input_device, resolve_device
 from ..errors import PrunescopeError
-from ..models import FALLBACK_CONTEXT, check_weights, context_length, resolve_model
+from ..models import FALLBACK_CONTEXT, check_weights, context_length, resolve_model, sparse_layout_model
 from ..util.records import pick
 from .behaviour import Behaviour, compare, compute_reference
 from .corpus import make_batches
@@ -82,6 +86,35 @@ def max_memory_map(max_memory: int | None, device: torch.device | str = "cpu") -
     return {key: available[key] for key in keys if key in available}
 
 
+def dispatch(
+    model: nn.Module, memory: dict | None, offload_folder: str | Path, dtype: torch.dtype
+) -> nn.Module:
+    """`model` (in memory) placed by accelerate under the budget `memory` (`max_memory_map`), as
+    `from_pretrained(device_map="auto")` places a checkpoint: what fits the devices stays there, the rest
+    goes to host RAM, then to `offload_folder` on disk. A model that fits one device is moved there whole,
+    without hooks; `hf_device_map` records the placement."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = sorted(getattr(model, "_no_split_modules", None) or [])
+    memory = get_balanced_memory(model, max_memory=memory, no_split_module_classes=no_split, dtype=dtype)
+    options = {"max_memory": memory, "no_split_module_classes": no_split, "dtype": dtype}
+    device_map = infer_auto_device_map(model, **options)
+    if device_map.get("") == "disk":
+        # Nothing fits: dispatch_model offloads named modules only, not the whole model as "".
+        device_map = infer_auto_device_map(model, **options, clean_result=False)
+    return dispatch_model(model, device_map, offload_dir=str(offload_folder))
+
+
+def _placed(model: nn.Module, device: torch.device, max_memory: int | None, offload_folder: str | Path):
+    """A model rebuilt in host memory (the sparse layout's, whose peak is the whole model there, whatever
+    `max_memory` says), placed: on the CPU it stays as it is; on a GPU (or MPS) accelerate places it under
+    the same budget as any checkpoint (`dispatch`)."""
+    if device.type == "cpu":
+        return model
+    return dispatch(model, max_memory_map(max_memory, device), offload_folder, model.dtype)
+
+
 def load_offloaded(
     path: str | Path,
     max_memory: int | None,
@@ -91,20 +124,25 @@ def load_offloaded(
 ):
     """(OffloadedModel, device_map summary) for the causal LM at `path`, placed for `device`.
 
-    The model's `dtype_reason` says why it runs in its dtype (device.choose_dtype)."""
+    A folder in prunescope's sparse layout loads whole in host memory first (`_placed`). The
+    model's `dtype_reason` says why it runs in its dtype (device.choose_dtype)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     resolved_device = resolve_device(device)
     try:
         config = AutoConfig.from_pretrained(path) if dtype == "auto" else None
         resolved, reason = choose_dtype(dtype, resolved_device, config)
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=resolved,
-            device_map="auto",
-            max_memory=max_memory_map(max_memory, resolved_device),
-            offload_folder=str(offload_folder),
-        )
+        sparse = sparse_layout_model(path, resolved)
+        if sparse is not None:
+            model = _placed(sparse, resolved_device, max_memory, offload_folder)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=resolved,
+                device_map="auto",
+                max_memory=max_memory_map(max_memory, resolved_device),
+                offload_folder=str(offload_folder),
+            )
     except (OSError, ValueError) as error:
         raise PrunescopeError(
             f"cannot load {str(path)!r} with offload: {str(error).splitlines()[0]}"
