@@ -184,12 +184,16 @@ class NativeFormat:
         """The path a call takes: "triton" when `kernel` (else `$PRUNESCOPE_KERNEL`) asks for it and the
         format has one; else a native ISA on the CPU (or "torch" when forced) and "torch" elsewhere.  An
         explicit `kernel="triton"` on a format without a Triton path is an error; the variable is not."""
-        if native.wants_triton(self.kernel):
+        name = self.kernel or native.env_kernel()  # the variable read once: this runs on every call
+        if name is not None and name.strip().lower() == native.TRITON:
             if self.has_triton:
                 return native.TRITON
             if self.kernel is not None:
                 raise PrunescopeError(f"{self.format_name} has no Triton kernel; it runs 'torch' off the CPU")
-        return native.resolve_kernel(self.kernel) if on_cpu else "torch"
+            name = None
+        if not on_cpu:
+            return "torch"
+        return native.resolve_kernel(name or native.best_kernel())
 
 
 def _reloaded(module: NativeFormat, _incompatible_keys) -> None:
@@ -240,6 +244,15 @@ class BufferedSparseLinear(NativeFormat, SparseLinear):
         self._blocks = expand.row_blocks(self.row_offsets, self.in_features, elsize)
         bias = self.bias
         self._bias32 = None if bias is None else bias.detach().float().contiguous()
+        self._cache_kernel_args()
+
+    def _cache_kernel_args(self) -> None:
+        """What a format's one-call native fast path needs besides x, computed when the buffers change."""
+
+    def __setstate__(self, state) -> None:
+        # deepcopy and unpickling rebuild the buffers: the cached addresses must follow them
+        super().__setstate__(state)
+        self._buffers_changed()
 
     def _apply(self, fn, recurse: bool = True):
         module = super()._apply(fn, recurse)
@@ -335,6 +348,50 @@ class BitmaskLinear(BufferedSparseLinear):
 
     def _torch(self, x2: torch.Tensor) -> torch.Tensor:
         return bitmask_torch(x2, self.values, self.mask, self.bias, self.in_features, self._blocks)
+
+    def _cache_kernel_args(self) -> None:
+        if self.values.is_cpu:
+            self._kernel_args = (
+                native.DTYPE_CODES[self.values.dtype],
+                self.in_features,
+                self.out_features,
+                self.values.data_ptr(),
+                self.values.numel(),
+                self.mask.data_ptr(),
+                self.row_offsets.data_ptr(),
+                0 if self._bias32 is None else self._bias32.data_ptr(),
+            )
+
+    def _native(self, x2: torch.Tensor, kernel: str) -> torch.Tensor:
+        # One call per token at decode: the buffers' addresses were cached when they were set (validated
+        # then), so only x is checked here; many tokens take the panel path of `native.bitmask_matmul`.
+        n = x2.shape[0]
+        if n >= native.PANEL_MIN_TOKENS or native._ext is None:
+            return super()._native(x2, kernel)
+        if not x2.is_cpu:
+            native.check_cpu(x2)
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        dtype_code, in_features, out, values, nnz, mask, offsets, bias = self._kernel_args
+        y = torch.empty(n, out, dtype=torch.float32)
+        native._ext.bitmask_matmul(
+            native._ISA[kernel],
+            native.num_threads(),
+            dtype_code,
+            n,
+            in_features,
+            out,
+            x2.data_ptr(),
+            values,
+            nnz,
+            mask,
+            offsets,
+            bias,
+            y.data_ptr(),
+        )
+        return y
 
     def _triton(self, x2: torch.Tensor) -> torch.Tensor:
         from .gpu import triton_bitmask
