@@ -1403,11 +1403,12 @@ TGT2 PS_INLINE __m256 i8_exp8_ps256(const int8_t *v, unsigned k) {
 /* One row, one token: 4 words per step with prefix-popcount pointers, 8 accumulators (two 8-lane FMAs per
  * word, each lane expanded and widened by one shuffle, i8_exp8_ps256), the code-stream prefetch; the
  * partial last word in scalar code (no input read past in_features).  Measured on an Intel Xeon (model
- * 207) with this path forced, 2 threads, cold, 4096 x 4096 at s = 0.5, three interleaved runs each: 0.56,
- * 0.65 and 0.70x the AVX2 dense int8 row, where the byte expand + widen it replaces (i8_exp16_256) ran at
- * 0.52-0.53x.  Still slower than dense: per 8 lanes it issues about twice dense's uops (index math, the
- * shuffle, the bias subtraction), and on this CPU that, not memory, bounds it.  Not measured on an AVX2-only
- * CPU (Zen 3), the machines this path is for. */
+ * 207) with this path forced, 2 threads, cold, s = 0.5, four interleaved runs against the byte expand +
+ * widen it replaces (i8_exp16_256), speed over the AVX2 dense int8 row on the fastest repeats: 4096 x 4096
+ * 0.68-0.76x (was 0.57-0.64x), 11008 x 4096 0.74-0.87x (was 0.59-0.63x); the medians are noisier (0.51-0.81x
+ * against 0.54-0.67x).  Still slower than dense: per 8 lanes it issues about twice dense's uops (index math,
+ * the shuffle, the bias subtraction), and on this CPU that, not memory, bounds it.  Not measured on an
+ * AVX2-only CPU (Zen 3), the machines this path is for. */
 TGT2 PS_INLINE float i8_row1_256(const int8_t *v, int64_t p, int64_t nnz, const uint16_t *m, int64_t in,
                                  const float *x, int pf_lines) {
     const int64_t Wfull = in / 16;
