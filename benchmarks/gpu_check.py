@@ -642,6 +642,9 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
         rows += bench_rows(work / "syn-bench-triton", "bench synthetic", ("1",), " (triton)")
         return rows
 
+    # `bench` on the synthetic model, up to its --formats list
+    syn_bench = ["prunescope", "bench", "--model", str(syn), "--no-progress", "--overwrite", *cuda]
+    syn_bench += ["--layers-only", "--min-time", "0.05", "--sparsity", "0.5", "--formats"]
     syn_eval = [
         "prunescope",
         "evaluate",
@@ -714,19 +717,7 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
                 Run(
                     "bench synthetic cuda",
                     [
-                        "prunescope",
-                        "bench",
-                        "--model",
-                        str(syn),
-                        "--no-progress",
-                        "--overwrite",
-                        *cuda,
-                        "--layers-only",
-                        "--min-time",
-                        "0.05",
-                        "--sparsity",
-                        "0.5",
-                        "--formats",
+                        *syn_bench,
                         "dense,masked,csr,bitmask",
                         "--tokens",
                         "1,64",
@@ -736,26 +727,7 @@ def plan(work: Path, capability: tuple[int, int], large: bool, device: str = "cu
                 ),
                 Run(
                     "bench synthetic cuda triton",
-                    [
-                        "prunescope",
-                        "bench",
-                        "--model",
-                        str(syn),
-                        "--no-progress",
-                        "--overwrite",
-                        *cuda,
-                        "--layers-only",
-                        "--min-time",
-                        "0.05",
-                        "--sparsity",
-                        "0.5",
-                        "--formats",
-                        "dense,bitmask",
-                        "--tokens",
-                        "1",
-                        "--out",
-                        str(work / "syn-bench-triton"),
-                    ],
+                    [*syn_bench, "dense,bitmask", "--tokens", "1", "--out", str(work / "syn-bench-triton")],
                     env={"PRUNESCOPE_KERNEL": "triton"},
                 ),
             ],

@@ -161,27 +161,30 @@ def _unreadable(model: str, path: str, local: bool, error: OSError) -> Prunescop
     )
 
 
+def _read(load, model: str, path: str, local: bool, invalid: str):
+    """`load(path)` (a `from_pretrained`): an unreadable source or a ValueError becomes one PrunescopeError
+    (`invalid`, then the error's first line)."""
+    try:
+        return load(path)
+    except OSError as error:
+        raise _unreadable(model, path, local, error) from None
+    except ValueError as error:
+        raise PrunescopeError(f"{invalid}: {first_line(error)}") from None
+
+
 def _config(path: str, model: str, local: bool):
     """The checkpoint's config (for the dtype it names); load errors become one PrunescopeError."""
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(path)
-    except OSError as error:
-        raise _unreadable(model, path, local, error) from None
-    except ValueError as error:
-        raise PrunescopeError(f"cannot read the config of {model!r}: {first_line(error)}") from None
+    return _read(AutoConfig.from_pretrained, model, path, local, f"cannot read the config of {model!r}")
 
 
 def _hub_tokenizer(model: str, path: str):
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except OSError as error:
-        raise _unreadable(model, path, False, error) from None
-    except ValueError as error:
-        raise PrunescopeError(f"{model!r} is not a causal language model: {first_line(error)}") from None
+    return _read(
+        AutoTokenizer.from_pretrained, model, path, False, f"{model!r} is not a causal language model"
+    )
 
 
 def _pretrained(model: str, path: str, local: bool, dtype: torch.dtype, device: torch.device) -> nn.Module:
