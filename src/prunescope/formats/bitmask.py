@@ -185,7 +185,7 @@ class NativeFormat:
         format has one; else a native ISA on the CPU (or "torch" when forced) and "torch" elsewhere.  An
         explicit `kernel="triton"` on a format without a Triton path is an error; the variable is not."""
         name = self.kernel or native.env_kernel()  # the variable read once: this runs on every call
-        if name is not None and name.strip().lower() == native.TRITON:
+        if native.is_triton(name):
             if self.has_triton:
                 return native.TRITON
             if self.kernel is not None:
@@ -194,6 +194,29 @@ class NativeFormat:
         if not on_cpu:
             return "torch"
         return native.resolve_kernel(name or native.best_kernel())
+
+    def _by_path(self, x2: torch.Tensor, path: str) -> torch.Tensor:
+        """y for rows x2 on `path` (`resolve_path`'s, or "torch" where a compiled graph traces)."""
+        if path == "torch":
+            return self._torch(x2)
+        return self._triton(x2) if path == native.TRITON else self._native(x2, path)
+
+
+class TritonBitmask:
+    """The Triton decode kernel of the bitmask formats (mixed in before `NativeFormat`): values, or int8
+    codes times the row scales of a `scales` buffer (`formats.gpu.triton_bitmask`)."""
+
+    has_triton = True
+
+    def _triton(self, x2: torch.Tensor) -> torch.Tensor:
+        from .gpu import triton_bitmask
+
+        if x2.shape[0] > triton_bitmask.MAX_TOKENS:  # prefill: expand once, one GEMM (see formats.gpu)
+            return self._torch(x2)
+        scales = self._buffers.get("scales")
+        return triton_bitmask.bitmask_matmul(
+            x2, self.values, self.mask, self.row_offsets, self.bias, self.in_features, scales
+        )
 
 
 def _reloaded(module: NativeFormat, _incompatible_keys) -> None:
@@ -291,9 +314,6 @@ class BufferedSparseLinear(NativeFormat, SparseLinear):
     def _native(self, x2: torch.Tensor, kernel: str) -> torch.Tensor:
         return self._native_matmul(x2, *self._layout, self._bias32, self.in_features, kernel, checked=True)
 
-    def _triton(self, x2: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def _op(self, x2: torch.Tensor) -> torch.Tensor:
         return self._linear_op(x2, *self._layout, self.bias, self.in_features, self.kernel or "")
 
@@ -301,16 +321,13 @@ class BufferedSparseLinear(NativeFormat, SparseLinear):
         if torch.compiler.is_compiling():
             return self._op(x2)  # compiled graphs call the custom op, which checks everything itself
         # Eager calls skip the custom-op dispatcher (tens of microseconds a call).
-        path = self.path
-        if path == "torch":
-            return self._torch(x2)
-        return self._triton(x2) if path == native.TRITON else self._native(x2, path)
+        return self._by_path(x2, self.path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rows_forward(x, self._run)
 
 
-class BitmaskLinear(BufferedSparseLinear):
+class BitmaskLinear(TritonBitmask, BufferedSparseLinear):
     """A Linear whose pruned weight is stored as a per-row bitmask plus packed non-zeros.
 
     On CPU the native kernels run (`kernel` pins a path, see `NativeOptions`); on any other device, or
@@ -320,7 +337,6 @@ class BitmaskLinear(BufferedSparseLinear):
 
     format_name = "bitmask"
     index_name = "mask"
-    has_triton = True
     _native_matmul = staticmethod(native.bitmask_matmul)
     _linear_op = staticmethod(bitmask_linear)
 
@@ -351,53 +367,23 @@ class BitmaskLinear(BufferedSparseLinear):
 
     def _cache_kernel_args(self) -> None:
         if self.values.is_cpu:
-            self._kernel_args = (
-                native.DTYPE_CODES[self.values.dtype],
-                self.in_features,
-                self.out_features,
-                self.values.data_ptr(),
-                self.values.numel(),
-                self.mask.data_ptr(),
-                self.row_offsets.data_ptr(),
-                0 if self._bias32 is None else self._bias32.data_ptr(),
-            )
+            self._dtype_code = native.DTYPE_CODES[self.values.dtype]
+            bias = 0 if self._bias32 is None else self._bias32.data_ptr()
+            values, mask, offsets = (t.data_ptr() for t in (self.values, self.mask, self.row_offsets))
+            self._kernel_args = (values, self.values.numel(), mask, offsets, bias)
 
     def _native(self, x2: torch.Tensor, kernel: str) -> torch.Tensor:
         # One call per token at decode: the buffers' addresses were cached when they were set (validated
         # then), so only x is checked here; many tokens take the panel path of `native.bitmask_matmul`.
-        n = x2.shape[0]
-        if n >= native.PANEL_MIN_TOKENS or native._ext is None:
+        if x2.shape[0] >= native.PANEL_MIN_TOKENS or native._ext is None:
             return super()._native(x2, kernel)
-        if not x2.is_cpu:
-            native.check_cpu(x2)
-        if x2.dtype != torch.float32:
-            x2 = x2.float()
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
-        dtype_code, in_features, out, values, nnz, mask, offsets, bias = self._kernel_args
-        y = torch.empty(n, out, dtype=torch.float32)
-        native._ext.bitmask_matmul(
-            native._ISA[kernel],
-            native.num_threads(),
-            dtype_code,
-            n,
-            in_features,
-            out,
-            x2.data_ptr(),
-            values,
-            nnz,
-            mask,
-            offsets,
-            bias,
-            y.data_ptr(),
-        )
-        return y
-
-    def _triton(self, x2: torch.Tensor) -> torch.Tensor:
-        from .gpu import triton_bitmask
-
-        if x2.shape[0] > triton_bitmask.MAX_TOKENS:  # prefill: expand once, one GEMM (see formats.gpu)
-            return self._torch(x2)
-        return triton_bitmask.bitmask_matmul(
-            x2, self.values, self.mask, self.row_offsets, self.bias, self.in_features
+        x2 = native.kernel_input(x2)
+        return native.rows_matmul(
+            native._ext.bitmask_matmul,
+            kernel,
+            self._dtype_code,
+            x2,
+            self.in_features,
+            self.out_features,
+            self._kernel_args,
         )

@@ -30,7 +30,7 @@ from ..errors import PrunescopeError
 from ..quantization import QuantOptions, rtn_quantize
 from . import expand, native
 from .base import SparseLinear
-from .bitmask import NativeFormat, pack_bitmask, row_offsets_of, unpack_bitmask
+from .bitmask import NativeFormat, TritonBitmask, pack_bitmask, row_offsets_of, unpack_bitmask
 
 _ext = native._ext
 # The kernels arrived with issue 25: an extension built before them still serves the other formats.
@@ -51,14 +51,13 @@ def kernel_variant(kernel: str) -> str:
     return kernel
 
 
-class BitmaskInt8Linear(NativeFormat, SparseLinear):
+class BitmaskInt8Linear(TritonBitmask, NativeFormat, SparseLinear):
     """A Linear whose pruned weight is stored as a per-row bitmask over int8 codes with per-row scales.
 
     `kernel` pins a CPU path (see `formats.bitmask.NativeOptions`); the output has the input's dtype,
     accumulation is float32."""
 
     format_name = "bitmask-int8"
-    has_triton = True
     lossless = False  # to_dense() is the dequantized weight: `convert` keeps the originals for revert
 
     def __init__(
@@ -136,6 +135,8 @@ class BitmaskInt8Linear(NativeFormat, SparseLinear):
             offsets.data_ptr(),
             scales.data_ptr(),
         )
+        # the one-token kernel's arguments after x (native.rows_matmul), built once, not per call
+        self._matmul_buffers = (*self._kernel_args[2:], self._bias_addr)
 
     def __setstate__(self, state) -> None:
         # deepcopy and unpickling rebuild the buffers: the cached kernel addresses must follow them
@@ -218,36 +219,20 @@ class BitmaskInt8Linear(NativeFormat, SparseLinear):
     ) -> torch.Tensor:
         """y (n, out) float32 on a native path; `panels` None: panels from PANEL_MIN_TOKENS tokens on
         (never on the scalar path, which is the plain-C reference)."""
-        if not x2.is_cpu:
-            native.check_cpu(x2)
-        if x2.dtype != torch.float32:
-            x2 = x2.float()
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
-        n = x2.shape[0]
+        x2 = native.kernel_input(x2)
         if panels is None:
-            panels = n >= native.PANEL_MIN_TOKENS and kernel != "scalar"
+            panels = x2.shape[0] >= native.PANEL_MIN_TOKENS and kernel != "scalar"
         if panels:
             return self._panels(x2, kernel, variant)
-        in_features, out, values, nnz, mask, offsets, scales = self._kernel_args
-        y = torch.empty(n, out, dtype=torch.float32)
-        _ext.bitmask_int8_matmul(
-            _ISA[kernel],
-            native.num_threads(),
+        return native.rows_matmul(
+            _ext.bitmask_int8_matmul,
+            kernel,
             variant,
-            n,
-            in_features,
-            out,
-            x2.data_ptr(),
-            values,
-            nnz,
-            mask,
-            offsets,
-            scales,
-            self._bias_addr,
-            y.data_ptr(),
+            x2,
+            self.in_features,
+            self.out_features,
+            self._matmul_buffers,
         )
-        return y
 
     def unpack_rows(self, r0: int, r1: int, out: torch.Tensor, kernel: str, variant: int = 0) -> torch.Tensor:
         """Rows r0..r1 dequantized into `out` ((r1 - r0, in) contiguous float32) by a native path."""
@@ -273,21 +258,9 @@ class BitmaskInt8Linear(NativeFormat, SparseLinear):
 
         return native.panel_matmul(x2, self.out_features, self.in_features, self._bias32, unpack)
 
-    def _triton(self, x2: torch.Tensor) -> torch.Tensor:
-        from .gpu import triton_bitmask
-
-        if x2.shape[0] > triton_bitmask.MAX_TOKENS:  # prefill: dequantize once, one GEMM
-            return self._torch(x2)
-        return triton_bitmask.bitmask_matmul(
-            x2, self.values, self.mask, self.row_offsets, self.bias, self.in_features, self.scales
-        )
-
     def _run(self, x2: torch.Tensor) -> torch.Tensor:
         # compiled graphs trace the torch path
-        path = "torch" if torch.compiler.is_compiling() else self.path
-        if path == "torch":
-            return self._torch(x2)
-        return self._triton(x2) if path == native.TRITON else self._native(x2, path)
+        return self._by_path(x2, "torch" if torch.compiler.is_compiling() else self.path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rows_forward(x, self._run)

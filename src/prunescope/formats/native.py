@@ -75,20 +75,25 @@ def env_kernel() -> str | None:
     return os.environ.get(ENV_VAR) or None
 
 
+def is_triton(name: str | None) -> bool:
+    """Whether a kernel name (an argument or the variable's value) names the Triton path."""
+    return name is not None and name.strip().lower() == TRITON
+
+
 def wants_triton(kernel: str | None) -> bool:
     """Whether `kernel`, else ``$PRUNESCOPE_KERNEL``, asks for the Triton path."""
-    name = kernel or env_kernel()
-    return name is not None and name.strip().lower() == TRITON
+    return is_triton(kernel or env_kernel())
 
 
 def resolve_kernel(kernel: str | None = None) -> str:
     """The native CPU path a call uses: the argument, else ``$PRUNESCOPE_KERNEL``, else the best one
     available.  ``$PRUNESCOPE_KERNEL=triton`` concerns the formats with a Triton path only (see
     `formats.bitmask.NativeFormat.resolve_path`): here it means the best native path."""
-    env = env_kernel()
-    if env is not None and env.strip().lower() == TRITON:
-        env = None
-    name = kernel or env or _AVAILABLE[0]
+    if kernel is None:  # the variable is read only when no argument names the path: this runs per call
+        kernel = env_kernel()
+        if is_triton(kernel):
+            kernel = None
+    name = kernel or _AVAILABLE[0]
     if name in _AVAILABLE:  # the per-call fast path
         return name
     name = name.strip().lower()
@@ -142,6 +147,27 @@ def _addr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def kernel_input(x: torch.Tensor) -> torch.Tensor:
+    """x as every native kernel reads it: on the CPU, float32, contiguous.  Each conversion only when
+    needed: this runs on every decode step, where microseconds count."""
+    if not x.is_cpu:
+        check_cpu(x)
+    if x.dtype != torch.float32:
+        x = x.float()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    return x
+
+
+def rows_matmul(fn, kernel: str, code: int, x: torch.Tensor, in_features: int, out: int, buffers: tuple):
+    """y (n, out) float32 from the extension's row kernel `fn` (`bitmask_matmul`, `bitmask_int8_matmul`),
+    which takes (ISA, threads, `code`, n, in, out, x, *`buffers`, y): `buffers` are the addresses and sizes
+    a module cached when its buffers were set, `x` is `kernel_input`'s."""
+    y = torch.empty(x.shape[0], out, dtype=torch.float32)
+    fn(_ISA[kernel], num_threads(), code, x.shape[0], in_features, out, x.data_ptr(), *buffers, y.data_ptr())
+    return y
+
+
 def _prepare(x, values, index, row_offsets, bias, in_features: int, checked: bool, check_buffers):
     """x, values, index (mask or columns), row_offsets and bias as the kernels take them.  `checked`: the
     caller (a module that validated its buffers when they were set, see `formats.bitmask`) vouches for all
@@ -152,15 +178,9 @@ def _prepare(x, values, index, row_offsets, bias, in_features: int, checked: boo
             raise PrunescopeError(
                 f"unsupported weight dtype {values.dtype}; use float32, bfloat16 or float16"
             )
-    if not x.is_cpu:
-        check_cpu(x)
+    x = kernel_input(x)  # the CPU check first, as before the shape's
     if x.dim() != 2 or x.shape[1] != in_features:
         raise PrunescopeError(f"expected input (n, {in_features}), got {tuple(x.shape)}")
-    # each conversion only when needed: these run on every decode step, where microseconds count
-    if x.dtype != torch.float32:
-        x = x.float()
-    if not x.is_contiguous():
-        x = x.contiguous()
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.float().contiguous()
     if not values.is_contiguous():
